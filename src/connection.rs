@@ -1,0 +1,1011 @@
+//! One connection's state machine: PROXY prefix → HTTP upgrade → frames → close.
+//!
+//! Like quinn-proto, it owns no socket and reads no clock: the worker feeds it bytes and the
+//! current time (`Ctx::now`), flushes its output to the socket, and asks when its next timer
+//! is due. The host's handler is called from here, with a `Conn` to act on the connection.
+
+use std::any::Any;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::frame::{self, OpCode};
+use crate::handler::{
+    Accept, CloseInfo, ConnId, Decision, Handler, HttpRequest, Message, Reject, SendStatus,
+    UpgradeRequest,
+};
+use crate::handshake::{self, RejectKind, Rejection, Request, RequestReader, Route};
+use crate::message::{self, Decoder, Event};
+use crate::options::{BackpressurePolicy, ProxyProtocol};
+use crate::outbound::{Chunk, OutQueue};
+use crate::proxy_protocol::{self, ProxyHeader, ProxyReader};
+use crate::server::{Shared, WorkerStats};
+use crate::topics::Topics;
+
+/// The part of a connection other threads may look at (through the worker's registry).
+pub(crate) struct ConnShared {
+    pub id: ConnId,
+    /// Open for sends (upgraded, no close frame sent yet).
+    pub open: AtomicBool,
+    /// Bytes waiting: in the worker's inbox plus in the outbound queue.
+    pub queued: AtomicUsize,
+    /// The last flush could not write everything (a drain event will follow).
+    pub blocked: AtomicBool,
+}
+
+/// Worker-wide state handed to the connection being processed.
+pub(crate) struct Ctx {
+    pub now: Instant,
+    pub shared: Arc<Shared>,
+    pub handler: Arc<dyn Handler>,
+    pub stats: Arc<WorkerStats>,
+    /// Output of the connection being read, written once after the read is processed.
+    pub cork: Vec<u8>,
+    pub cork_slot: Option<usize>,
+    /// Slots with output queued outside a cork, flushed at the end of the loop iteration.
+    pub dirty: Vec<usize>,
+    /// Slots whose reading was paused and must be resumed (read attempted) now.
+    pub resume: Vec<usize>,
+    pub topics: Topics,
+}
+
+enum Input {
+    Proxy(Box<ProxyReader>),
+    Request(Box<RequestReader>),
+    /// Waiting for the host's deferred decision; reading is paused.
+    Deferred(Box<Deferred>),
+    Frames(Decoder),
+    /// Lingering after a plain HTTP response or a failed connection: input is ignored.
+    Discard,
+}
+
+struct Deferred {
+    request: Request,
+    upgrade: handshake::Upgrade,
+    /// Bytes the client sent after its request (early frames).
+    early: Vec<u8>,
+}
+
+/// When the worker should remove the connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Finish {
+    No,
+    /// Once the outbound queue is empty.
+    WhenFlushed,
+    /// At once (errors, timeouts).
+    Now,
+}
+
+pub(crate) struct ConnState {
+    core: Core,
+    input: Input,
+}
+
+/// Per-connection state the handler's `Conn` acts on.
+pub(crate) struct Core {
+    pub id: ConnId,
+    pub peer: SocketAddr,
+    /// The client's address: the socket peer, or what a trusted proxy said.
+    pub remote: SocketAddr,
+    pub shared: Arc<ConnShared>,
+    pub out: OutQueue,
+    pub finish: Finish,
+    /// Shut the write side once the queue is empty (lingering after a response or close).
+    pub shutdown_write: bool,
+    pub read_paused: bool,
+    /// Bookkeeping of the worker's timer heap.
+    pub scheduled: Option<Instant>,
+    pub dirty: bool,
+    info: Option<Box<OpenInfo>>,
+    opened: bool,
+    blocked: bool,
+    close_sent: bool,
+    close_received: bool,
+    close_info: Option<CloseInfo>,
+    last_read: Instant,
+    next_ping: Option<Instant>,
+    /// Handshake, PROXY header, close or linger deadline, whichever applies now.
+    deadline: Option<Instant>,
+    drain_at: Option<Instant>,
+    first_read: bool,
+    topics: Vec<Arc<str>>,
+    user_data: Option<Box<dyn Any + Send>>,
+}
+
+struct OpenInfo {
+    path: String,
+    query: Option<String>,
+    subprotocol: Option<String>,
+}
+
+/// Cork buffers grow for big messages; give the memory back past this.
+const CORK_KEEP: usize = 1 << 20;
+
+impl ConnState {
+    pub fn new(id: ConnId, peer: SocketAddr, shared: Arc<ConnShared>, ctx: &Ctx) -> ConnState {
+        let opts = &ctx.shared.opts;
+        let (input, deadline) = match opts.proxy_protocol {
+            ProxyProtocol::On(v) => (
+                Input::Proxy(Box::new(ProxyReader::new(v, opts.proxy_max_header_bytes))),
+                ctx.now + opts.proxy_header_timeout.min(opts.handshake_timeout),
+            ),
+            ProxyProtocol::Off => (
+                Input::Request(Box::new(request_reader(ctx))),
+                ctx.now + opts.handshake_timeout,
+            ),
+        };
+        ConnState {
+            core: Core {
+                id,
+                peer,
+                remote: peer,
+                shared,
+                out: OutQueue::default(),
+                finish: Finish::No,
+                shutdown_write: false,
+                read_paused: false,
+                scheduled: None,
+                dirty: false,
+                info: None,
+                opened: false,
+                blocked: false,
+                close_sent: false,
+                close_received: false,
+                close_info: None,
+                last_read: ctx.now,
+                next_ping: None,
+                deadline: Some(deadline),
+                drain_at: None,
+                first_read: true,
+                topics: Vec::new(),
+                user_data: None,
+            },
+            input,
+        }
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+    pub fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    /// Bytes arrived from the socket.
+    pub fn on_read(&mut self, data: &mut [u8], ctx: &mut Ctx) {
+        let core = &mut self.core;
+        core.last_read = ctx.now;
+        ctx.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut data = data;
+        loop {
+            match &mut self.input {
+                Input::Proxy(reader) => match reader.feed(data) {
+                    Ok(None) => return,
+                    Ok(Some((header, rest))) => {
+                        let offset = data.len() - rest.len();
+                        data = &mut data[offset..];
+                        if let Err(r) = core.apply_proxy_header(&header, ctx) {
+                            core.reject(&r, ctx);
+                            self.input = Input::Discard;
+                            return;
+                        }
+                        core.first_read = false;
+                        core.deadline = Some(core.last_read_deadline(ctx));
+                        self.input = Input::Request(Box::new(request_reader(ctx)));
+                    }
+                    Err(e) => {
+                        let r = Rejection::new(
+                            RejectKind::Proxy,
+                            400,
+                            format!("400 Bad Request: {e}\n"),
+                            format!("{}: {e}", core.peer),
+                        );
+                        core.reject(&r, ctx);
+                        self.input = Input::Discard;
+                        return;
+                    }
+                },
+                Input::Request(reader) => {
+                    if core.first_read {
+                        core.first_read = false;
+                        if proxy_protocol::looks_like_proxy_header(data) && data.len() >= 5 {
+                            let r = Rejection::new(
+                                RejectKind::Proxy,
+                                400,
+                                "400 Bad Request: PROXY protocol header received but proxy_protocol is off\n",
+                                format!(
+                                    "{}: PROXY protocol header received but proxy_protocol is off — the load balancer sends PROXY protocol: set proxy_protocol (and trusted_proxies) on this server, or turn it off on the load balancer",
+                                    core.peer
+                                ),
+                            );
+                            core.reject(&r, ctx);
+                            self.input = Input::Discard;
+                            return;
+                        }
+                    }
+                    match reader.feed(data) {
+                        Ok(None) => return,
+                        Err(r) => {
+                            core.reject(&r, ctx);
+                            self.input = Input::Discard;
+                            return;
+                        }
+                        Ok(Some((request, rest))) => {
+                            let offset = data.len() - rest.len();
+                            data = &mut data[offset..];
+                            self.input = core.on_request(request, data, ctx);
+                            if !matches!(self.input, Input::Frames(_)) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Input::Deferred(d) => {
+                    // Reading is paused while deferred; bytes that came with the request wait.
+                    d.early.extend_from_slice(data);
+                    return;
+                }
+                Input::Frames(decoder) => {
+                    let res = decoder.feed(data, |ev| core.on_event(ev, ctx));
+                    if let Err(e) = res {
+                        core.fail(e, ctx);
+                        self.input = Input::Discard;
+                    }
+                    return;
+                }
+                Input::Discard => return,
+            }
+        }
+    }
+
+    /// The peer closed its side (read returned 0).
+    pub fn on_eof(&mut self) {
+        self.core.finish = Finish::Now;
+    }
+
+    /// The host's deferred decision arrived.
+    pub fn decide(&mut self, decision: Decision, ctx: &mut Ctx) -> bool {
+        let Input::Deferred(_) = &self.input else {
+            return false;
+        };
+        let Input::Deferred(d) = std::mem::replace(&mut self.input, Input::Discard) else {
+            unreachable!()
+        };
+        let Deferred {
+            request,
+            upgrade,
+            mut early,
+        } = *d;
+        let core = &mut self.core;
+        core.read_paused = false;
+        self.input = core.decided(decision, &request, upgrade, ctx);
+        if !early.is_empty() {
+            if let Input::Frames(decoder) = &mut self.input {
+                if let Err(e) = decoder.feed(&mut early, |ev| core.on_event(ev, ctx)) {
+                    core.fail(e, ctx);
+                    self.input = Input::Discard;
+                }
+            }
+        }
+        true
+    }
+
+    pub fn next_deadline(&self, ctx: &Ctx) -> Option<Instant> {
+        let c = &self.core;
+        let opts = &ctx.shared.opts;
+        let mut next = c.deadline;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if c.opened && !c.close_sent {
+            consider(c.next_ping);
+            consider(c.drain_at);
+            if !opts.idle_timeout.is_zero() {
+                consider(Some(c.last_read + opts.idle_timeout));
+            }
+        }
+        next
+    }
+
+    pub fn on_timer(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now;
+        let opts = ctx.shared.opts.clone_timeouts();
+        let core = &mut self.core;
+        if core.deadline.is_some_and(|d| d <= now) {
+            core.deadline = None;
+            match &self.input {
+                Input::Proxy(_) | Input::Request(_) | Input::Deferred(_) => {
+                    let what = match self.input {
+                        Input::Proxy(_) => "PROXY protocol header not complete within proxy_header_timeout",
+                        Input::Deferred(_) => "the host did not decide on the deferred upgrade within handshake_timeout",
+                        _ => "upgrade request not complete within handshake_timeout",
+                    };
+                    log::debug!("{}: {what}", core.peer);
+                    ctx.stats.count_reject(RejectKind::HandshakeTimeout);
+                    core.finish = Finish::Now;
+                }
+                _ => core.finish = Finish::Now,
+            }
+            return;
+        }
+        if !core.opened || core.close_sent {
+            return;
+        }
+        if core.drain_at.is_some_and(|t| t <= now) {
+            core.drain_at = None;
+            Conn { core, ctx }.close(1001, "server shutting down");
+            return;
+        }
+        if !opts.0.is_zero() && now.duration_since(core.last_read) >= opts.0 {
+            log::debug!("{}: idle for {:?}, closing", core.remote, opts.0);
+            Conn { core, ctx }.close(1001, "idle timeout");
+            return;
+        }
+        if let Some(t) = core.next_ping {
+            if t <= now {
+                Conn { core, ctx }.ping(&[]);
+                core.next_ping = Some(now + opts.1);
+            }
+        }
+    }
+
+    /// Schedule the 1001 close of a graceful shutdown, or refuse a connection not yet open.
+    pub fn begin_shutdown(&mut self, close_at: Instant, ctx: &mut Ctx) {
+        let core = &mut self.core;
+        if core.opened {
+            if close_at <= ctx.now {
+                Conn { core, ctx }.close(1001, "server shutting down");
+            } else {
+                core.drain_at = Some(close_at);
+            }
+        } else if matches!(self.input, Input::Deferred(_)) {
+            let r = shutting_down_rejection(core.peer);
+            core.reject(&r, ctx);
+            self.input = Input::Discard;
+        }
+        // Connections still sending their request get 503 when it completes (see on_request).
+    }
+
+    /// Closed for good: run `on_close` (if it was opened) and leave topics.
+    pub fn finalize(&mut self, ctx: &mut Ctx) {
+        let core = &mut self.core;
+        core.shared.open.store(false, Ordering::Release);
+        for topic in std::mem::take(&mut core.topics) {
+            ctx.topics.unsubscribe(&topic, core.id);
+        }
+        if core.opened {
+            let mut info = core.close_info.take().unwrap_or(CloseInfo {
+                code: 1006,
+                reason: String::new(),
+                clean: false,
+            });
+            info.clean = core.close_sent && core.close_received;
+            core.opened = false;
+            core.close_sent = true;
+            let handler = ctx.handler.clone();
+            handler.on_close(&mut Conn { core, ctx }, &info);
+        }
+        core.out.clear();
+    }
+}
+
+fn request_reader(ctx: &Ctx) -> RequestReader {
+    RequestReader::new(handshake::Limits {
+        max_header_bytes: ctx.shared.opts.max_header_bytes,
+        max_headers: ctx.shared.opts.max_headers,
+    })
+}
+
+fn shutting_down_rejection(peer: SocketAddr) -> Rejection {
+    let mut r = Rejection::new(
+        RejectKind::ShuttingDown,
+        503,
+        "503 Service Unavailable: server shutting down\n",
+        format!("{peer}: upgrade refused, server shutting down"),
+    );
+    r.headers.push(("Retry-After".into(), "1".into()));
+    r
+}
+
+impl Core {
+    fn last_read_deadline(&self, ctx: &Ctx) -> Instant {
+        self.last_read.max(ctx.now) + ctx.shared.opts.handshake_timeout
+    }
+
+    fn apply_proxy_header(&mut self, header: &ProxyHeader, ctx: &Ctx) -> Result<(), Rejection> {
+        let trusted = &ctx.shared.opts.trusted_proxies;
+        if !trusted.contains(self.peer.ip()) {
+            return Err(Rejection::new(
+                RejectKind::Proxy,
+                400,
+                "400 Bad Request: PROXY protocol header from an untrusted address\n",
+                format!(
+                    "{}: PROXY protocol header refused: {} is not in trusted_proxies",
+                    self.peer,
+                    self.peer.ip()
+                ),
+            ));
+        }
+        if let Some(source) = header.source() {
+            self.remote = source;
+        }
+        Ok(())
+    }
+
+    /// A complete request: answer it or move to the frame phase.
+    fn on_request(&mut self, request: Request, early: &mut [u8], ctx: &mut Ctx) -> Input {
+        let opts = &ctx.shared.opts;
+        let forwarded =
+            crate::net_trust::client_address(self.remote.ip(), &request.headers, &opts.trusted_proxies);
+        if forwarded != self.remote.ip() {
+            self.remote = SocketAddr::new(forwarded, 0);
+        }
+        let policy = handshake::Policy {
+            paths: &opts.paths,
+            allowed_origins: &opts.allowed_origins,
+            subprotocols: &opts.subprotocols,
+            health_path: opts.health_path.as_deref(),
+        };
+        let draining = ctx.shared.is_draining();
+        match handshake::route(&request, &policy) {
+            Err(r) => {
+                self.reject(&r, ctx);
+                Input::Discard
+            }
+            Ok(Route::Health) => {
+                let (status, body): (u16, &[u8]) = if draining {
+                    (503, b"shutting down\n")
+                } else {
+                    (200, b"ok\n")
+                };
+                let mut buf = Vec::new();
+                let body = if request.method == "HEAD" { &[][..] } else { body };
+                handshake::write_response(&mut buf, status, "text/plain; charset=utf-8", &[], body);
+                self.respond_and_linger(&buf, ctx);
+                Input::Discard
+            }
+            Ok(Route::Http) => {
+                let answer = ctx.handler.on_http(&HttpRequest {
+                    method: &request.method,
+                    path: &request.path,
+                    query: request.query.as_deref(),
+                    headers: &request.headers,
+                    remote_addr: self.remote,
+                });
+                if let Some(resp) = answer {
+                    let mut buf = Vec::new();
+                    let headers: Vec<_> = resp
+                        .headers
+                        .into_iter()
+                        .filter(|(k, v)| handshake::valid_header(k, v))
+                        .collect();
+                    handshake::write_response(&mut buf, resp.status, &resp.content_type, &headers, &resp.body);
+                    self.respond_and_linger(&buf, ctx);
+                } else if handshake::path_served(&request.path, &ctx.shared.opts.paths) {
+                    let mut r = Rejection::new(
+                        RejectKind::NotUpgrade,
+                        426,
+                        "426 Upgrade Required: this is a WebSocket endpoint; connect with a WebSocket client\n",
+                        format!(
+                            "{}: plain HTTP {} {} on a WebSocket path (no Upgrade or Sec-WebSocket-Key headers)",
+                            self.remote, request.method, request.path
+                        ),
+                    );
+                    r.headers.push(("Upgrade".into(), "websocket".into()));
+                    r.headers.push(("Sec-WebSocket-Version".into(), "13".into()));
+                    self.reject(&r, ctx);
+                } else {
+                    let r = Rejection::new(
+                        RejectKind::PathNotFound,
+                        404,
+                        "404 Not Found\n",
+                        format!("{}: {} {} is not served (option paths)", self.remote, request.method, request.path),
+                    );
+                    self.reject(&r, ctx);
+                }
+                Input::Discard
+            }
+            Ok(Route::Upgrade(upgrade)) => {
+                if draining {
+                    self.reject(&shutting_down_rejection(self.remote), ctx);
+                    return Input::Discard;
+                }
+                let decision = ctx.handler.on_upgrade(&UpgradeRequest {
+                    id: self.id,
+                    method: &request.method,
+                    path: &request.path,
+                    query: request.query.as_deref(),
+                    headers: &request.headers,
+                    remote_addr: self.remote,
+                    offered_protocols: &upgrade.offered_protocols,
+                    subprotocol: upgrade.subprotocol.as_deref(),
+                    origin: upgrade.origin.as_deref(),
+                });
+                if decision == Decision::Defer {
+                    self.read_paused = true;
+                    return Input::Deferred(Box::new(Deferred {
+                        request,
+                        upgrade,
+                        early: early.to_vec(),
+                    }));
+                }
+                self.decided(decision, &request, upgrade, ctx)
+            }
+        }
+    }
+
+    fn decided(
+        &mut self,
+        decision: Decision,
+        request: &Request,
+        upgrade: handshake::Upgrade,
+        ctx: &mut Ctx,
+    ) -> Input {
+        match decision {
+            Decision::Accept(accept) => self.accept(accept, request, upgrade, ctx),
+            Decision::Reject(reject) => {
+                self.reject(&host_rejection(reject, self.remote, &request.path), ctx);
+                Input::Discard
+            }
+            Decision::Defer => {
+                // Deferring twice is meaningless; treat it as "still undecided".
+                self.read_paused = true;
+                Input::Deferred(Box::new(Deferred {
+                    request: request.clone(),
+                    upgrade,
+                    early: Vec::new(),
+                }))
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        accept: Accept,
+        request: &Request,
+        upgrade: handshake::Upgrade,
+        ctx: &mut Ctx,
+    ) -> Input {
+        let subprotocol = match accept.subprotocol {
+            Some(p) if upgrade.offered_protocols.iter().any(|o| *o == p) => Some(p),
+            Some(p) => {
+                log::error!(
+                    "{}: handler chose subprotocol {p:?}, which the client did not offer ({:?}); using {:?}",
+                    self.remote,
+                    upgrade.offered_protocols,
+                    upgrade.subprotocol
+                );
+                upgrade.subprotocol
+            }
+            None => upgrade.subprotocol,
+        };
+        let headers: Vec<_> = accept
+            .headers
+            .into_iter()
+            .filter(|(k, v)| {
+                let ok = handshake::valid_header(k, v);
+                if !ok {
+                    log::error!("{}: handler's response header {k:?} is not valid HTTP; dropped", self.remote);
+                }
+                ok
+            })
+            .collect();
+        let mut response = Vec::with_capacity(160);
+        handshake::write_accept(&mut response, &upgrade.accept, subprotocol.as_deref(), &headers);
+        self.write_raw(&response, ctx);
+        let opts = &ctx.shared.opts;
+        self.info = Some(Box::new(OpenInfo {
+            path: request.path.clone(),
+            query: request.query.clone(),
+            subprotocol,
+        }));
+        self.opened = true;
+        self.deadline = None;
+        self.next_ping = (!opts.ping_interval.is_zero()).then(|| ctx.now + opts.ping_interval);
+        self.shared.open.store(true, Ordering::Release);
+        ctx.stats.upgraded.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.open.fetch_add(1, Ordering::Relaxed);
+        let handler = ctx.handler.clone();
+        handler.on_open(&mut Conn { core: self, ctx });
+        Input::Frames(Decoder::new(message::Limits {
+            max_frame_size: ctx.shared.opts.max_frame_size,
+            max_message_size: ctx.shared.opts.max_message_size,
+            allow_rsv1: false,
+        }))
+    }
+
+    /// Refuse with an HTTP response that says why, log it, count it.
+    fn reject(&mut self, r: &Rejection, ctx: &mut Ctx) {
+        ctx.stats.count_reject(r.kind);
+        log::info!("upgrade refused ({} {}): {}", r.status, r.kind.name(), r.log);
+        let mut buf = Vec::new();
+        handshake::write_rejection(&mut buf, r);
+        self.respond_and_linger(&buf, ctx);
+    }
+
+    fn respond_and_linger(&mut self, response: &[u8], ctx: &mut Ctx) {
+        self.write_raw(response, ctx);
+        self.shutdown_write = true;
+        self.finish = Finish::WhenFlushed;
+        // Keep reading (and discarding) until the client closes, so unread request bytes
+        // don't turn our close into a reset that destroys the response in flight.
+        self.deadline = Some(ctx.now + ctx.shared.opts.close_timeout);
+    }
+
+    fn on_event(&mut self, ev: Event<'_>, ctx: &mut Ctx) {
+        match ev {
+            Event::Message { text, data, .. } => {
+                if self.close_sent {
+                    return;
+                }
+                ctx.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                let msg = if text {
+                    match std::str::from_utf8(data) {
+                        Ok(s) => Message::Text(s),
+                        Err(_) => {
+                            self.fail(
+                                message::ProtocolError {
+                                    close_code: 1007,
+                                    reason: "invalid UTF-8 in text message",
+                                },
+                                ctx,
+                            );
+                            return;
+                        }
+                    }
+                } else {
+                    Message::Binary(data)
+                };
+                let handler = ctx.handler.clone();
+                handler.on_message(&mut Conn { core: self, ctx }, msg);
+            }
+            Event::Ping(payload) => {
+                if !self.close_sent {
+                    self.send_frame(OpCode::Pong, payload, true, ctx);
+                }
+            }
+            Event::Pong(payload) => {
+                if !self.close_sent {
+                    let handler = ctx.handler.clone();
+                    handler.on_pong(&mut Conn { core: self, ctx }, payload);
+                }
+            }
+            Event::Close { code, reason } => {
+                self.close_received = true;
+                if self.close_info.is_none() {
+                    self.close_info = Some(CloseInfo {
+                        code: code.unwrap_or(1005),
+                        reason: reason.to_string(),
+                        clean: false,
+                    });
+                }
+                if !self.close_sent {
+                    // Echo the peer's code, after whatever is still queued.
+                    self.send_frame(OpCode::Close, &frame::close_payload(code, ""), true, ctx);
+                    self.mark_closing(ctx);
+                }
+                // Both close frames exchanged: the server closes TCP first (RFC 6455 §7.1.1).
+                self.finish = Finish::WhenFlushed;
+            }
+        }
+    }
+
+    /// A protocol violation: send the close code that names it, then wait for the client.
+    fn fail(&mut self, e: message::ProtocolError, ctx: &mut Ctx) {
+        log::debug!("{}: protocol error {} ({})", self.remote, e.close_code, e.reason);
+        ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        if !self.close_sent {
+            if self.close_info.is_none() {
+                self.close_info = Some(CloseInfo {
+                    code: e.close_code,
+                    reason: e.reason.to_string(),
+                    clean: false,
+                });
+            }
+            let payload = frame::close_payload(Some(e.close_code), e.reason);
+            self.send_frame(OpCode::Close, &payload, true, ctx);
+            self.mark_closing(ctx);
+        }
+        // Nothing more will be read from this stream; stop after the close frame is out.
+        self.shutdown_write = true;
+        self.finish = Finish::WhenFlushed;
+    }
+
+    fn mark_closing(&mut self, ctx: &Ctx) {
+        self.close_sent = true;
+        self.shared.open.store(false, Ordering::Release);
+        self.deadline = Some(ctx.now + ctx.shared.opts.close_timeout);
+    }
+
+    /// Bytes outside any frame (HTTP responses).
+    fn write_raw(&mut self, bytes: &[u8], ctx: &mut Ctx) {
+        if self.out.is_empty() && ctx.cork_slot == Some(self.id.slot()) {
+            ctx.cork.extend_from_slice(bytes);
+        } else {
+            self.enqueue_copy(bytes, ctx);
+        }
+    }
+
+    fn enqueue_copy(&mut self, bytes: &[u8], ctx: &mut Ctx) {
+        self.out.push_copy(bytes);
+        self.shared.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        self.mark_dirty(ctx);
+    }
+
+    /// A frame encoded on another thread (its bytes are already counted in `queued`).
+    pub fn enqueue_frame(&mut self, chunk: Chunk, ctx: &mut Ctx) {
+        self.out.push(chunk);
+        self.mark_dirty(ctx);
+    }
+
+    pub fn mark_dirty(&mut self, ctx: &mut Ctx) {
+        if !self.dirty {
+            self.dirty = true;
+            ctx.dirty.push(self.id.slot());
+        }
+    }
+
+    /// Is there room for `len` more bytes? Applies the policy when there is not.
+    fn admit(&mut self, len: usize, ctx: &mut Ctx) -> bool {
+        let queued = self.shared.queued.load(Ordering::Relaxed);
+        let max = ctx.shared.opts.max_backpressure;
+        if queued == 0 || queued + len <= max {
+            return true;
+        }
+        ctx.stats.backpressure_dropped.fetch_add(1, Ordering::Relaxed);
+        if ctx.shared.opts.backpressure_policy == BackpressurePolicy::Close {
+            log::info!(
+                "{}: {} bytes queued for a client that does not read (max_backpressure {}); closing with 1008",
+                self.remote,
+                queued,
+                max
+            );
+            Conn { core: self, ctx }.close(1008, "backpressure limit exceeded");
+        }
+        false
+    }
+
+    fn send_frame(&mut self, opcode: OpCode, payload: &[u8], control: bool, ctx: &mut Ctx) -> SendStatus {
+        let mut header = [0u8; frame::MAX_HEADER_LEN];
+        let hlen = frame::encode_header(&mut header, true, false, opcode, payload.len() as u64, None);
+        let len = hlen + payload.len();
+        if !control {
+            if !self.opened || self.close_sent {
+                return SendStatus::Gone;
+            }
+            if !self.admit(len, ctx) {
+                return SendStatus::Dropped;
+            }
+            ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.out.is_empty() && ctx.cork_slot == Some(self.id.slot()) {
+            ctx.cork.extend_from_slice(&header[..hlen]);
+            ctx.cork.extend_from_slice(payload);
+        } else {
+            let mut v = Vec::with_capacity(len);
+            v.extend_from_slice(&header[..hlen]);
+            v.extend_from_slice(payload);
+            self.shared.queued.fetch_add(len, Ordering::Relaxed);
+            self.out.push(Chunk::Owned(v));
+            self.mark_dirty(ctx);
+        }
+        if self.blocked {
+            SendStatus::Queued
+        } else {
+            SendStatus::Sent
+        }
+    }
+
+    /// A frame shared by a publish or broadcast (encoded once for every connection).
+    pub fn send_shared(&mut self, frame: &Arc<[u8]>, ctx: &mut Ctx) -> SendStatus {
+        if !self.opened || self.close_sent {
+            return SendStatus::Gone;
+        }
+        if !self.admit(frame.len(), ctx) {
+            return SendStatus::Dropped;
+        }
+        ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.shared.queued.fetch_add(frame.len(), Ordering::Relaxed);
+        self.out.push(Chunk::Shared(frame.clone()));
+        self.mark_dirty(ctx);
+        if self.blocked {
+            SendStatus::Queued
+        } else {
+            SendStatus::Sent
+        }
+    }
+
+    /// Write the cork (if this connection owns it) and the queue. Returns true when a
+    /// previously blocked queue just drained (the caller then fires `on_drain`).
+    pub fn flush(&mut self, w: &mut impl Write, ctx: &mut Ctx) -> io::Result<bool> {
+        if ctx.cork_slot == Some(self.id.slot()) && !ctx.cork.is_empty() {
+            let mut written = 0;
+            if self.out.is_empty() {
+                while written < ctx.cork.len() {
+                    match w.write(&ctx.cork[written..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            ctx.cork.clear();
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            ctx.stats.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+            let rest = &ctx.cork[written..];
+            if !rest.is_empty() {
+                self.out.push_copy(rest);
+                self.shared.queued.fetch_add(rest.len(), Ordering::Relaxed);
+            }
+            ctx.cork.clear();
+            if ctx.cork.capacity() > CORK_KEEP {
+                ctx.cork = Vec::new();
+            }
+        }
+        let mut drained = false;
+        if !self.out.is_empty() {
+            let n = self.out.flush(w)?;
+            ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+            if self.out.is_empty() {
+                drained = self.blocked;
+                self.blocked = false;
+                self.shared.blocked.store(false, Ordering::Relaxed);
+            } else if !self.blocked {
+                self.blocked = true;
+                self.shared.blocked.store(true, Ordering::Relaxed);
+                ctx.stats.backpressure_queued.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(drained && self.opened && !self.close_sent)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.opened
+    }
+}
+
+fn host_rejection(reject: Reject, remote: SocketAddr, path: &str) -> Rejection {
+    let status = if (400..=599).contains(&reject.status) {
+        reject.status
+    } else {
+        log::error!("handler rejected with status {}, which is not 4xx/5xx; sending 403", reject.status);
+        403
+    };
+    let mut body = reject.body;
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    let mut r = Rejection::new(
+        RejectKind::RejectedByHost,
+        status,
+        body,
+        format!("{remote}: upgrade of {path} rejected by the application with {status}"),
+    );
+    r.headers = reject
+        .headers
+        .into_iter()
+        .filter(|(k, v)| handshake::valid_header(k, v))
+        .collect();
+    r
+}
+
+/// The connection a callback runs for. Sends to it from inside a callback are corked and
+/// written once per read batch.
+pub struct Conn<'a> {
+    pub(crate) core: &'a mut Core,
+    pub(crate) ctx: &'a mut Ctx,
+}
+
+impl Conn<'_> {
+    pub fn id(&self) -> ConnId {
+        self.core.id
+    }
+    /// The client's address (PROXY header or trusted forwarding headers applied).
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.core.remote
+    }
+    /// The address of the TCP peer (the proxy, when there is one).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.core.peer
+    }
+    pub fn path(&self) -> &str {
+        self.core.info.as_ref().map_or("", |i| &i.path)
+    }
+    pub fn query(&self) -> Option<&str> {
+        self.core.info.as_ref().and_then(|i| i.query.as_deref())
+    }
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.core.info.as_ref().and_then(|i| i.subprotocol.as_deref())
+    }
+    pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        match msg {
+            Message::Text(t) => self.send_text(t),
+            Message::Binary(b) => self.send_binary(b),
+        }
+    }
+    pub fn send_text(&mut self, text: &str) -> SendStatus {
+        self.core.send_frame(OpCode::Text, text.as_bytes(), false, self.ctx)
+    }
+    pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
+        self.core.send_frame(OpCode::Binary, data, false, self.ctx)
+    }
+    /// Ping with up to 125 bytes of payload.
+    pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
+        if !self.core.opened || self.core.close_sent {
+            return SendStatus::Gone;
+        }
+        let payload = &payload[..payload.len().min(125)];
+        self.core.send_frame(OpCode::Ping, payload, true, self.ctx)
+    }
+    /// Start the close handshake (after everything queued). Invalid codes become 1000.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        let core = &mut *self.core;
+        if !core.opened || core.close_sent {
+            return;
+        }
+        let code = if frame::is_valid_close_code(code) { code } else { 1000 };
+        core.close_info = Some(CloseInfo {
+            code,
+            reason: reason.to_string(),
+            clean: false,
+        });
+        let payload = frame::close_payload(Some(code), reason);
+        core.send_frame(OpCode::Close, &payload, true, self.ctx);
+        core.mark_closing(self.ctx);
+    }
+    /// Drop the connection at once, without a close handshake.
+    pub fn terminate(&mut self) {
+        self.core.finish = Finish::Now;
+        self.core.shared.open.store(false, Ordering::Release);
+    }
+    /// Bytes accepted for this connection but not yet written to the socket.
+    pub fn buffered_amount(&self) -> usize {
+        self.core.shared.queued.load(Ordering::Relaxed)
+            + if self.ctx.cork_slot == Some(self.core.id.slot()) {
+                self.ctx.cork.len()
+            } else {
+                0
+            }
+    }
+    pub fn subscribe(&mut self, topic: &str) {
+        if self.core.topics.iter().any(|t| &**t == topic) {
+            return;
+        }
+        let t = self.ctx.topics.subscribe(topic, self.core.id);
+        self.core.topics.push(t);
+    }
+    pub fn unsubscribe(&mut self, topic: &str) {
+        if let Some(i) = self.core.topics.iter().position(|t| &**t == topic) {
+            let t = self.core.topics.swap_remove(i);
+            self.ctx.topics.unsubscribe(&t, self.core.id);
+        }
+    }
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.core.topics.iter().any(|t| &**t == topic)
+    }
+    /// Host data for this connection (dropped when the connection is gone).
+    pub fn set_data(&mut self, data: Box<dyn Any + Send>) {
+        self.core.user_data = Some(data);
+    }
+    pub fn data<T: 'static>(&self) -> Option<&T> {
+        self.core.user_data.as_ref()?.downcast_ref()
+    }
+    pub fn data_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.core.user_data.as_mut()?.downcast_mut()
+    }
+    pub fn take_data(&mut self) -> Option<Box<dyn Any + Send>> {
+        self.core.user_data.take()
+    }
+    /// The server, for sends to other connections, publish, broadcast and stats.
+    pub fn server(&self) -> crate::server::ServerHandle {
+        crate::server::ServerHandle::from_shared(self.ctx.shared.clone())
+    }
+}

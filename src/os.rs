@@ -1,0 +1,64 @@
+//! The few things wsrt asks the OS for directly: signal waiting and the fd limit.
+//! Every `unsafe` block here wraps one libc call.
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+use std::io;
+
+/// Block SIGTERM and SIGINT in the calling thread (and the threads it spawns afterwards),
+/// so they can be received with [`wait_for_signal`] instead of killing the process.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_set()?;
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Wait for SIGTERM or SIGINT (blocked beforehand with [`block_termination_signals`]);
+/// returns the signal's name.
+pub fn wait_for_signal() -> io::Result<&'static str> {
+    let set = termination_set()?;
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out-pointer for the call's duration.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" })
+}
+
+fn termination_set() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` points to a live sigset_t owned by this frame.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+    }
+    Ok(set)
+}
+
+/// Raise the soft limit on open files to the hard limit (servers hold one fd per client).
+/// Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is initialised and only read by the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}

@@ -1,0 +1,177 @@
+//! A connection's outbound queue. Empty (and unallocated) unless a write would block.
+//! Chunks are owned frames or frames shared by a broadcast (encoded once, never copied).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+pub(crate) enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    head_written: usize,
+    len: usize,
+}
+
+/// Most chunks handed to one `writev` (Linux IOV_MAX is 1024).
+const MAX_IOV: usize = 64;
+
+impl OutQueue {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, chunk: Chunk) {
+        let n = chunk.bytes().len();
+        if n == 0 {
+            return;
+        }
+        // Small frames after a small owned tail are merged: fewer iovecs, fewer allocations.
+        if let (Chunk::Owned(new), Some(Chunk::Owned(tail))) = (&chunk, self.chunks.back_mut()) {
+            if new.len() <= 512 && tail.len() + new.len() <= 16 * 1024 {
+                tail.extend_from_slice(new);
+                self.len += n;
+                return;
+            }
+        }
+        self.len += n;
+        self.chunks.push_back(chunk);
+    }
+
+    pub fn push_copy(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Some(Chunk::Owned(tail)) = self.chunks.back_mut() {
+            if tail.len() + bytes.len() <= 16 * 1024 {
+                tail.extend_from_slice(bytes);
+                self.len += bytes.len();
+                return;
+            }
+        }
+        self.push(Chunk::Owned(bytes.to_vec()));
+    }
+
+    /// Write as much as the writer takes. Returns bytes written; `WouldBlock` is not an error
+    /// here (the queue just stays non-empty).
+    pub fn flush(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                let b = c.bytes();
+                iov[i] = IoSlice::new(if i == 0 { &b[self.head_written..] } else { b });
+                n_iov += 1;
+            }
+            match w.write_vectored(&iov[..n_iov]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    total += n;
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.is_empty() {
+            // Release the ring's memory: idle connections hold no queue.
+            self.chunks = VecDeque::new();
+        }
+        Ok(total)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front().expect("consume past end").bytes().len();
+            let left = front - self.head_written;
+            if n >= left {
+                n -= left;
+                self.head_written = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head_written += n;
+                n = 0;
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        *self = OutQueue::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then blocks after `budget`.
+    struct Trickle {
+        out: Vec<u8>,
+        cap: usize,
+        budget: usize,
+    }
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.cap).min(self.budget);
+            self.out.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_order_and_free_memory() {
+        let mut q = OutQueue::default();
+        let shared: Arc<[u8]> = Arc::from(&b"shared-frame"[..]);
+        q.push_copy(b"hello ");
+        q.push(Chunk::Shared(shared.clone()));
+        q.push(Chunk::Owned(b" world".to_vec()));
+        assert_eq!(q.len(), 24);
+        let mut w = Trickle { out: vec![], cap: 5, budget: 7 };
+        assert_eq!(q.flush(&mut w).unwrap(), 7);
+        assert_eq!(q.len(), 17);
+        w.budget = usize::MAX;
+        q.flush(&mut w).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(w.out, b"hello shared-frame world");
+        assert_eq!(q.chunks.capacity(), 0);
+    }
+
+    #[test]
+    fn appends_after_a_partially_written_head_stay_behind_it() {
+        let mut q = OutQueue::default();
+        q.push_copy(b"abcdef");
+        let mut w = Trickle { out: vec![], cap: 100, budget: 2 };
+        q.flush(&mut w).unwrap();
+        q.push_copy(b"gh");
+        w.budget = 100;
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out, b"abcdefgh");
+    }
+}

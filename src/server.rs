@@ -1,0 +1,591 @@
+//! The server: starts the workers, and the thread-safe handle hosts use to send, close,
+//! publish, decide deferred upgrades, adopt sockets, read stats and shut down.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::connection::ConnShared;
+use crate::frame::{self, OpCode};
+use crate::handler::{Accept, ConnId, Decision, Handler, Message, Reject, SendStatus};
+use crate::handshake::RejectKind;
+use crate::options::{BackpressurePolicy, OptionError, Options};
+use crate::worker::Worker;
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum Error {
+    Option(OptionError),
+    Io { context: String, source: io::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Option(e) => e.fmt(f),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Option(e) => Some(e),
+            Error::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<OptionError> for Error {
+    fn from(e: OptionError) -> Self {
+        Error::Option(e)
+    }
+}
+
+/// Commands to a worker from other threads.
+pub(crate) enum Cmd {
+    Adopt {
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        early: Vec<u8>,
+    },
+    Send {
+        id: ConnId,
+        frame: Vec<u8>,
+    },
+    Ping {
+        id: ConnId,
+        payload: Vec<u8>,
+    },
+    Close {
+        id: ConnId,
+        code: u16,
+        reason: String,
+    },
+    Terminate {
+        id: ConnId,
+    },
+    Subscribe {
+        id: ConnId,
+        topic: String,
+    },
+    Unsubscribe {
+        id: ConnId,
+        topic: String,
+    },
+    Publish {
+        topic: Arc<str>,
+        frame: Arc<[u8]>,
+    },
+    Broadcast {
+        frame: Arc<[u8]>,
+    },
+    Decide {
+        id: ConnId,
+        decision: Decision,
+    },
+    Shutdown {
+        started: Instant,
+    },
+}
+
+/// Counters of one worker; only that worker writes them.
+#[derive(Default)]
+pub(crate) struct WorkerStats {
+    pub accepted: AtomicU64,
+    pub upgraded: AtomicU64,
+    pub open: AtomicU64,
+    pub closed: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub backpressure_queued: AtomicU64,
+    pub backpressure_dropped: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub rejected: [AtomicU64; RejectKind::ALL.len()],
+}
+
+impl WorkerStats {
+    pub fn count_reject(&self, kind: RejectKind) {
+        let i = RejectKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the server's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// WebSocket connections open now.
+    pub open: u64,
+    /// TCP connections accepted (or adopted) so far.
+    pub accepted: u64,
+    /// Upgrades completed so far.
+    pub upgraded: u64,
+    /// TCP connections closed so far.
+    pub closed: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Times a connection's queue started holding data for a slow client.
+    pub backpressure_queued: u64,
+    /// Messages refused because of `max_backpressure`.
+    pub backpressure_dropped: u64,
+    pub protocol_errors: u64,
+    /// Refused handshakes by reason (`missing_upgrade`, `origin_not_allowed`, ...).
+    pub rejected: Vec<(&'static str, u64)>,
+}
+
+impl Stats {
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.rejected
+            .iter()
+            .find(|(k, _)| *k == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+pub(crate) struct WorkerRef {
+    tx: Sender<Cmd>,
+    waker: mio::Waker,
+    /// Set by the first sender after the worker drained its inbox: one wake-up per batch.
+    pub woken: AtomicBool,
+    pub registry: RwLock<Vec<Option<Arc<ConnShared>>>>,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl WorkerRef {
+    pub fn send(&self, cmd: Cmd) -> bool {
+        if self.tx.send(cmd).is_err() {
+            return false;
+        }
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+        true
+    }
+
+    fn lookup(&self, id: ConnId) -> Option<Arc<ConnShared>> {
+        let reg = self.registry.read().unwrap_or_else(|e| e.into_inner());
+        reg.get(id.slot())?.as_ref().filter(|c| c.id == id).cloned()
+    }
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const STOPPED: u8 = 2;
+
+pub(crate) struct Shared {
+    pub opts: Options,
+    pub workers: Vec<WorkerRef>,
+    pub local_addr: SocketAddr,
+    /// TCP connections held now (any phase), against `max_connections`.
+    pub conn_count: AtomicUsize,
+    next_worker: AtomicUsize,
+    state: AtomicU8,
+}
+
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        self.state.load(Ordering::Acquire) != RUNNING
+    }
+
+    /// Round-robin choice of the worker for a new connection.
+    pub fn pick_worker(&self) -> usize {
+        self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len()
+    }
+}
+
+/// A running server. Dropping it shuts it down gracefully and waits for the workers.
+pub struct Server {
+    handle: ServerHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Bind `opts.listen` and start the workers.
+    pub fn start(opts: Options, handler: impl Handler) -> Result<Server, Error> {
+        Server::start_arc(opts, Arc::new(handler))
+    }
+
+    pub fn start_arc(opts: Options, handler: Arc<dyn Handler>) -> Result<Server, Error> {
+        opts.validate()?;
+        let io_err = |context: String| move |source| Error::Io { context, source };
+        let mut listener = mio::net::TcpListener::bind(opts.listen)
+            .map_err(io_err(format!("cannot listen on {}", opts.listen)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(io_err("cannot read the listening address".into()))?;
+        let n = opts.effective_workers();
+        let mut parts = Vec::with_capacity(n);
+        let mut refs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let poll = mio::Poll::new().map_err(io_err("cannot create an event loop".into()))?;
+            let waker = mio::Waker::new(poll.registry(), crate::worker::WAKER)
+                .map_err(io_err("cannot create a waker".into()))?;
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let stats = Arc::new(WorkerStats::default());
+            refs.push(WorkerRef {
+                tx,
+                waker,
+                woken: AtomicBool::new(false),
+                registry: RwLock::new(Vec::new()),
+                stats: stats.clone(),
+            });
+            parts.push((poll, rx, stats));
+        }
+        parts[0]
+            .0
+            .registry()
+            .register(&mut listener, crate::worker::LISTENER, mio::Interest::READABLE)
+            .map_err(io_err("cannot register the listener".into()))?;
+        let shared = Arc::new(Shared {
+            opts,
+            workers: refs,
+            local_addr,
+            conn_count: AtomicUsize::new(0),
+            next_worker: AtomicUsize::new(0),
+            state: AtomicU8::new(RUNNING),
+        });
+        let mut listener = Some(listener);
+        let mut threads = Vec::with_capacity(n);
+        for (index, (poll, rx, stats)) in parts.into_iter().enumerate() {
+            let worker = Worker::new(
+                index,
+                poll,
+                rx,
+                listener.take(),
+                shared.clone(),
+                handler.clone(),
+                stats,
+            );
+            let t = std::thread::Builder::new()
+                .name(format!("wsrt-worker-{index}"))
+                .spawn(move || worker.run())
+                .map_err(io_err("cannot start a worker thread".into()))?;
+            threads.push(t);
+        }
+        Ok(Server {
+            handle: ServerHandle { shared },
+            threads,
+        })
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// Graceful shutdown (see `ServerHandle::shutdown`), then wait for the workers to finish.
+    pub fn shutdown(mut self) {
+        self.handle.shutdown();
+        self.join_threads();
+    }
+
+    /// Wait until the server has stopped (after someone called `shutdown` on a handle).
+    pub fn join(mut self) {
+        self.join_threads();
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                log::error!("a wsrt worker thread panicked");
+            }
+        }
+        self.handle.shared.state.store(STOPPED, Ordering::Release);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.handle.shutdown();
+            self.join_threads();
+        }
+    }
+}
+
+/// A cloneable, thread-safe handle to a running server.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> ServerHandle {
+        ServerHandle { shared }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.shared.opts
+    }
+
+    fn worker(&self, id: ConnId) -> Option<&WorkerRef> {
+        self.shared.workers.get(id.worker())
+    }
+
+    pub fn send_text(&self, id: ConnId, text: &str) -> SendStatus {
+        self.send_frame(id, frame::encode_frame(true, false, OpCode::Text, text.as_bytes()))
+    }
+
+    pub fn send_binary(&self, id: ConnId, data: &[u8]) -> SendStatus {
+        self.send_frame(id, frame::encode_frame(true, false, OpCode::Binary, data))
+    }
+
+    pub fn send(&self, id: ConnId, msg: Message<'_>) -> SendStatus {
+        match msg {
+            Message::Text(t) => self.send_text(id, t),
+            Message::Binary(b) => self.send_binary(id, b),
+        }
+    }
+
+    fn send_frame(&self, id: ConnId, frame: Vec<u8>) -> SendStatus {
+        let Some(w) = self.worker(id) else {
+            return SendStatus::Gone;
+        };
+        let Some(conn) = w.lookup(id) else {
+            return SendStatus::Gone;
+        };
+        if !conn.open.load(Ordering::Acquire) {
+            return SendStatus::Gone;
+        }
+        let len = frame.len();
+        let queued = conn.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + len > self.shared.opts.max_backpressure {
+            w.stats.backpressure_dropped.fetch_add(1, Ordering::Relaxed);
+            if self.shared.opts.backpressure_policy == BackpressurePolicy::Close {
+                w.send(Cmd::Close {
+                    id,
+                    code: 1008,
+                    reason: "backpressure limit exceeded".into(),
+                });
+            }
+            return SendStatus::Dropped;
+        }
+        conn.queued.fetch_add(len, Ordering::Relaxed);
+        let status = if conn.blocked.load(Ordering::Relaxed) {
+            SendStatus::Queued
+        } else {
+            SendStatus::Sent
+        };
+        if !w.send(Cmd::Send { id, frame }) {
+            return SendStatus::Gone;
+        }
+        status
+    }
+
+    /// Ping a connection (payload up to 125 bytes).
+    pub fn ping(&self, id: ConnId, payload: &[u8]) -> SendStatus {
+        if !self.is_open(id) {
+            return SendStatus::Gone;
+        }
+        let payload = payload[..payload.len().min(125)].to_vec();
+        match self.worker(id).map(|w| w.send(Cmd::Ping { id, payload })) {
+            Some(true) => SendStatus::Sent,
+            _ => SendStatus::Gone,
+        }
+    }
+
+    /// Start the close handshake after the connection's queued messages. False if gone.
+    pub fn close(&self, id: ConnId, code: u16, reason: &str) -> bool {
+        self.is_open(id)
+            && self.worker(id).is_some_and(|w| {
+                w.send(Cmd::Close {
+                    id,
+                    code,
+                    reason: reason.to_string(),
+                })
+            })
+    }
+
+    /// Drop the connection without a close handshake.
+    pub fn terminate(&self, id: ConnId) -> bool {
+        self.lookup(id).is_some() && self.worker(id).is_some_and(|w| w.send(Cmd::Terminate { id }))
+    }
+
+    fn lookup(&self, id: ConnId) -> Option<Arc<ConnShared>> {
+        self.worker(id)?.lookup(id)
+    }
+
+    /// The connection exists and accepts sends.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.lookup(id).is_some_and(|c| c.open.load(Ordering::Acquire))
+    }
+
+    /// Bytes accepted for the connection but not yet written to its socket.
+    pub fn buffered_amount(&self, id: ConnId) -> Option<usize> {
+        self.lookup(id).map(|c| c.queued.load(Ordering::Relaxed))
+    }
+
+    pub fn subscribe(&self, id: ConnId, topic: &str) -> bool {
+        self.is_open(id)
+            && self.worker(id).is_some_and(|w| {
+                w.send(Cmd::Subscribe {
+                    id,
+                    topic: topic.to_string(),
+                })
+            })
+    }
+
+    pub fn unsubscribe(&self, id: ConnId, topic: &str) -> bool {
+        self.lookup(id).is_some()
+            && self.worker(id).is_some_and(|w| {
+                w.send(Cmd::Unsubscribe {
+                    id,
+                    topic: topic.to_string(),
+                })
+            })
+    }
+
+    /// Send to every subscriber of `topic`, on every worker. The frame is encoded once and
+    /// shared. False if the server has stopped.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) -> bool {
+        let frame = shared_frame(msg);
+        let topic: Arc<str> = Arc::from(topic);
+        let mut ok = true;
+        for w in &self.shared.workers {
+            ok &= w.send(Cmd::Publish {
+                topic: topic.clone(),
+                frame: frame.clone(),
+            });
+        }
+        ok
+    }
+
+    /// Send to every open connection (encoded once).
+    pub fn broadcast(&self, msg: Message<'_>) -> bool {
+        let frame = shared_frame(msg);
+        let mut ok = true;
+        for w in &self.shared.workers {
+            ok &= w.send(Cmd::Broadcast {
+                frame: frame.clone(),
+            });
+        }
+        ok
+    }
+
+    /// Accept a deferred upgrade. False if the connection is gone (timed out, client left).
+    pub fn accept(&self, id: ConnId, accept: Accept) -> bool {
+        self.decide(id, Decision::Accept(accept))
+    }
+
+    /// Reject a deferred upgrade with a status (4xx/5xx) and body.
+    pub fn reject(&self, id: ConnId, reject: Reject) -> bool {
+        self.decide(id, Decision::Reject(reject))
+    }
+
+    fn decide(&self, id: ConnId, decision: Decision) -> bool {
+        self.lookup(id).is_some()
+            && self
+                .worker(id)
+                .is_some_and(|w| w.send(Cmd::Decide { id, decision }))
+    }
+
+    /// Hand over an already-accepted socket, with the bytes already read from it (e.g. the
+    /// HTTP request a host's own server parsed). The upgrade is then handled as usual.
+    pub fn adopt(&self, stream: std::net::TcpStream, already_read: &[u8]) -> io::Result<()> {
+        if self.shared.is_draining() {
+            return Err(io::Error::new(io::ErrorKind::Other, "server is shutting down"));
+        }
+        stream.set_nonblocking(true)?;
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr()?;
+        self.shared.conn_count.fetch_add(1, Ordering::AcqRel);
+        let w = &self.shared.workers[self.shared.pick_worker()];
+        if w.send(Cmd::Adopt {
+            stream: mio::net::TcpStream::from_std(stream),
+            peer,
+            early: already_read.to_vec(),
+        }) {
+            Ok(())
+        } else {
+            self.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+            Err(io::Error::new(io::ErrorKind::Other, "server has stopped"))
+        }
+    }
+
+    /// Graceful shutdown: health checks fail and upgrades are refused at once; after
+    /// `drain_delay`, every connection gets 1001 after its queued messages (spread over
+    /// `drain_window`); after `shutdown_timeout` more, whatever is left is dropped.
+    /// Returns at once; `Server::join` waits. Calling it again does nothing.
+    pub fn shutdown(&self) {
+        if self
+            .shared
+            .state
+            .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let started = Instant::now();
+        for w in &self.shared.workers {
+            w.send(Cmd::Shutdown { started });
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats {
+            rejected: RejectKind::ALL.iter().map(|k| (k.name(), 0)).collect(),
+            ..Stats::default()
+        };
+        for w in &self.shared.workers {
+            let st = &w.stats;
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            s.accepted += get(&st.accepted);
+            s.upgraded += get(&st.upgraded);
+            s.open += get(&st.open);
+            s.closed += get(&st.closed);
+            s.messages_in += get(&st.messages_in);
+            s.messages_out += get(&st.messages_out);
+            s.bytes_in += get(&st.bytes_in);
+            s.bytes_out += get(&st.bytes_out);
+            s.backpressure_queued += get(&st.backpressure_queued);
+            s.backpressure_dropped += get(&st.backpressure_dropped);
+            s.protocol_errors += get(&st.protocol_errors);
+            for (i, r) in st.rejected.iter().enumerate() {
+                s.rejected[i].1 += get(r);
+            }
+        }
+        s
+    }
+}
+
+fn shared_frame(msg: Message<'_>) -> Arc<[u8]> {
+    let (op, data) = match msg {
+        Message::Text(t) => (OpCode::Text, t.as_bytes()),
+        Message::Binary(b) => (OpCode::Binary, b),
+    };
+    Arc::from(frame::encode_frame(true, false, op, data))
+}
+
+/// How long a graceful shutdown may take at most, from its start.
+pub(crate) fn shutdown_deadline(opts: &Options, started: Instant) -> Instant {
+    started + opts.drain_delay + opts.drain_window + opts.shutdown_timeout
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<ServerHandle>();
+    let _ = Duration::ZERO;
+}

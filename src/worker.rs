@@ -1,0 +1,599 @@
+//! One worker thread: a mio event loop over a slab of connections, a timer heap and an inbox.
+//! Worker 0 also owns the listener and deals accepted sockets out round-robin.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::connection::{Conn, ConnShared, ConnState, Ctx, Finish};
+use crate::handler::{ConnId, Handler};
+use crate::handshake::{self, RejectKind, Rejection};
+use crate::outbound::Chunk;
+use crate::server::{shutdown_deadline, Cmd, Shared, WorkerStats};
+use crate::topics::Topics;
+
+pub(crate) const WAKER: Token = Token(usize::MAX);
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+
+/// One read buffer per worker: idle connections hold none.
+const READ_BUF: usize = 64 * 1024;
+/// Reads per readiness event before yielding to other connections.
+const READS_PER_TURN: usize = 16;
+/// Commands handled per loop iteration before looking at sockets again.
+const CMDS_PER_TURN: usize = 4096;
+const SLOT_LIMIT: usize = 1 << 24;
+
+struct Slot {
+    stream: TcpStream,
+    state: ConnState,
+    write_shut: bool,
+}
+
+struct ShutdownPlan {
+    /// When the 1001 closes begin (after `drain_delay`).
+    close_start: Instant,
+    deadline: Instant,
+}
+
+pub(crate) struct Worker {
+    index: usize,
+    poll: Poll,
+    rx: Receiver<Cmd>,
+    listener: Option<TcpListener>,
+    conns: Slab<Slot>,
+    timers: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
+    rbuf: Vec<u8>,
+    ctx: Ctx,
+    generation: u32,
+    accept_paused_until: Option<Instant>,
+    accept_backoff: Duration,
+    shutdown: Option<ShutdownPlan>,
+    scratch: Vec<ConnId>,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        poll: Poll,
+        rx: Receiver<Cmd>,
+        listener: Option<TcpListener>,
+        shared: Arc<Shared>,
+        handler: Arc<dyn Handler>,
+        stats: Arc<WorkerStats>,
+    ) -> Worker {
+        Worker {
+            index,
+            poll,
+            rx,
+            listener,
+            conns: Slab::new(),
+            timers: BinaryHeap::new(),
+            rbuf: vec![0; READ_BUF],
+            ctx: Ctx {
+                now: Instant::now(),
+                shared,
+                handler,
+                stats,
+                cork: Vec::new(),
+                cork_slot: None,
+                dirty: Vec::new(),
+                resume: Vec::new(),
+                topics: Topics::default(),
+            },
+            generation: 0,
+            accept_paused_until: None,
+            accept_backoff: Duration::from_millis(10),
+            shutdown: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn me(&self) -> &crate::server::WorkerRef {
+        &self.ctx.shared.workers[self.index]
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("worker {}: poll failed: {e}", self.index);
+                    break;
+                }
+            }
+            self.ctx.now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    LISTENER => self.accept_ready(),
+                    Token(k) => {
+                        if ev.is_writable() {
+                            self.flush_slot(k);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_slot(k, ev.is_read_closed() || ev.is_error());
+                        }
+                    }
+                }
+            }
+            self.drain_inbox();
+            for k in std::mem::take(&mut self.ctx.resume) {
+                self.read_slot(k, true);
+            }
+            self.run_timers();
+            self.flush_dirty();
+            if self.shutdown_step() {
+                break;
+            }
+        }
+        // Stopped: drop whatever is left (the shutdown deadline passed or poll failed).
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.remove(k);
+        }
+        log::debug!("worker {} stopped", self.index);
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.ctx.resume.is_empty() || !self.rx.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        if let Some(t) = self.accept_paused_until {
+            consider(t);
+        }
+        if let Some(plan) = &self.shutdown {
+            consider(plan.close_start);
+            consider(plan.deadline);
+        }
+        // Round up so a timer never fires a hair early and spins.
+        next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    // ---- accepting ----
+
+    fn accept_ready(&mut self) {
+        if let Some(until) = self.accept_paused_until {
+            if self.ctx.now < until {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.accept_backoff = Duration::from_millis(10);
+                    let _ = stream.set_nodelay(true);
+                    self.dispatch_new(stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    // Out of fds (EMFILE/ENFILE) or memory: pause accepting instead of spinning
+                    // on a listener that stays readable; existing connections keep being served.
+                    let wait = self.accept_backoff;
+                    log::warn!(
+                        "accept failed: {e}; not accepting for {wait:?} (existing connections are served){}",
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                            " — out of file descriptors: raise the limit (ulimit -n / RLIMIT_NOFILE) or lower max_connections"
+                        } else {
+                            ""
+                        }
+                    );
+                    self.accept_paused_until = Some(self.ctx.now + wait);
+                    self.accept_backoff = (wait * 2).min(Duration::from_secs(1));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn dispatch_new(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let shared = &self.ctx.shared;
+        if shared.conn_count.load(Ordering::Acquire) >= shared.opts.max_connections {
+            let mut r = Rejection::new(
+                RejectKind::TooManyConnections,
+                503,
+                "503 Service Unavailable: too many connections\n",
+                format!("{peer}: refused, max_connections ({}) reached", shared.opts.max_connections),
+            );
+            r.headers.push(("Retry-After".into(), "1".into()));
+            log::info!("connection refused (503): {}", r.log);
+            self.ctx.stats.count_reject(r.kind);
+            let mut buf = Vec::new();
+            handshake::write_rejection(&mut buf, &r);
+            let _ = stream.write(&buf);
+            let _ = stream.shutdown(Shutdown::Write);
+            return;
+        }
+        shared.conn_count.fetch_add(1, Ordering::AcqRel);
+        let w = shared.pick_worker();
+        if w == self.index {
+            self.insert(stream, peer, Vec::new());
+        } else if !shared.workers[w].send(Cmd::Adopt {
+            stream,
+            peer,
+            early: Vec::new(),
+        }) {
+            shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, mut early: Vec<u8>) {
+        let entry = self.conns.vacant_entry();
+        let k = entry.key();
+        if k >= SLOT_LIMIT {
+            self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        self.generation = self.generation.wrapping_add(1).max(1);
+        let id = ConnId::new(self.index, k, self.generation);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(k), Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("{peer}: cannot register connection: {e}");
+            self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let conn_shared = Arc::new(ConnShared {
+            id,
+            open: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            blocked: AtomicBool::new(false),
+        });
+        {
+            let mut reg = self
+                .me()
+                .registry
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if reg.len() <= k {
+                reg.resize(k + 1, None);
+            }
+            reg[k] = Some(conn_shared.clone());
+        }
+        let state = ConnState::new(id, peer, conn_shared, &self.ctx);
+        entry.insert(Slot {
+            stream,
+            state,
+            write_shut: false,
+        });
+        self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if !early.is_empty() {
+            self.ctx.cork_slot = Some(k);
+            self.conns[k].state.on_read(&mut early, &mut self.ctx);
+            self.flush_slot(k);
+        } else {
+            self.after_io(k);
+        }
+    }
+
+    // ---- reading and writing ----
+
+    /// Read until the socket is drained (or a turn's budget is used up). `hup`: the event
+    /// said the peer closed, so a short read must be followed by one more to see the EOF.
+    fn read_slot(&mut self, k: usize, hup: bool) {
+        let mut exhausted = true;
+        for _ in 0..READS_PER_TURN {
+            let Some(slot) = self.conns.get_mut(k) else {
+                return;
+            };
+            if slot.state.core().read_paused || slot.state.core().finish != Finish::No {
+                exhausted = false;
+                break;
+            }
+            match slot.stream.read(&mut self.rbuf) {
+                Ok(0) => {
+                    slot.state.on_eof();
+                    exhausted = false;
+                    break;
+                }
+                Ok(n) => {
+                    self.ctx.cork_slot = Some(k);
+                    slot.state.on_read(&mut self.rbuf[..n], &mut self.ctx);
+                    self.flush_slot(k);
+                    if n < self.rbuf.len() && !hup {
+                        // A short read means the receive queue is empty; new data raises a
+                        // new edge, so the confirming read (a syscall per message) is skipped.
+                        exhausted = false;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    exhausted = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("{}: read error: {e}", slot.state.core().remote);
+                    slot.state.core_mut().finish = Finish::Now;
+                    exhausted = false;
+                    break;
+                }
+            }
+        }
+        if self.conns.get(k).is_none() {
+            return;
+        }
+        if exhausted && !self.ctx.resume.contains(&k) {
+            // Still readable after a full turn: continue next iteration, after the others.
+            self.ctx.resume.push(k);
+        }
+        self.after_io(k);
+    }
+
+    fn flush_slot(&mut self, k: usize) {
+        let Some(slot) = self.conns.get_mut(k) else {
+            self.ctx.cork_slot = None;
+            return;
+        };
+        let core = slot.state.core_mut();
+        core.dirty = false;
+        let res = core.flush(&mut &slot.stream, &mut self.ctx);
+        self.ctx.cork_slot = None;
+        match res {
+            Ok(true) => {
+                let handler = self.ctx.handler.clone();
+                handler.on_drain(&mut Conn {
+                    core: slot.state.core_mut(),
+                    ctx: &mut self.ctx,
+                });
+            }
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!("{}: write error: {e}", slot.state.core().remote);
+                slot.state.core_mut().finish = Finish::Now;
+            }
+        }
+        let core = slot.state.core();
+        if core.out.is_empty() && core.shutdown_write && !slot.write_shut {
+            slot.write_shut = true;
+            let _ = slot.stream.shutdown(Shutdown::Write);
+        }
+        self.after_io(k);
+    }
+
+    fn flush_dirty(&mut self) {
+        while let Some(k) = self.ctx.dirty.pop() {
+            self.flush_slot(k);
+        }
+    }
+
+    /// Remove a finished connection, or (re)arm its timer.
+    fn after_io(&mut self, k: usize) {
+        let Some(slot) = self.conns.get_mut(k) else {
+            return;
+        };
+        let core = slot.state.core();
+        let done = match core.finish {
+            Finish::Now => true,
+            Finish::WhenFlushed => core.out.is_empty(),
+            Finish::No => false,
+        };
+        if done {
+            self.remove(k);
+            return;
+        }
+        let Some(due) = slot.state.next_deadline(&self.ctx) else {
+            return;
+        };
+        let core = slot.state.core_mut();
+        if core.scheduled.is_none_or(|s| due < s) {
+            core.scheduled = Some(due);
+            self.timers.push(Reverse((due, k, core.id)));
+        }
+    }
+
+    fn remove(&mut self, k: usize) {
+        let Some(mut slot) = self.conns.try_remove(k) else {
+            return;
+        };
+        if self.ctx.cork_slot == Some(k) {
+            self.ctx.cork_slot = None;
+            self.ctx.cork.clear();
+        }
+        slot.state.finalize(&mut self.ctx);
+        let _ = self.poll.registry().deregister(&mut slot.stream);
+        {
+            let mut reg = self
+                .me()
+                .registry
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = reg.get_mut(k) {
+                *e = None;
+            }
+        }
+        self.ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
+        self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+        // An fd was freed: if accepting was paused for lack of fds, try again now.
+        if self.accept_paused_until.is_some() {
+            self.accept_paused_until = Some(self.ctx.now);
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.ctx.now;
+        while let Some(Reverse((due, k, id))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.conns.get_mut(k) else {
+                continue;
+            };
+            let core = slot.state.core_mut();
+            if core.id != id || core.scheduled != Some(due) {
+                continue;
+            }
+            core.scheduled = None;
+            slot.state.on_timer(&mut self.ctx);
+            self.flush_slot(k);
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_ready();
+        }
+    }
+
+    // ---- commands from other threads ----
+
+    fn drain_inbox(&mut self) {
+        self.me().woken.store(false, Ordering::Release);
+        for _ in 0..CMDS_PER_TURN {
+            let Ok(cmd) = self.rx.try_recv() else {
+                return;
+            };
+            self.command(cmd);
+        }
+    }
+
+    fn live(&mut self, id: ConnId) -> Option<&mut Slot> {
+        self.conns
+            .get_mut(id.slot())
+            .filter(|s| s.state.core().id == id)
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Adopt {
+                stream,
+                peer,
+                early,
+            } => {
+                if self.shutdown.is_some() {
+                    self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                self.insert(stream, peer, early);
+            }
+            Cmd::Send { id, frame } => {
+                let len = frame.len();
+                match self.live(id) {
+                    Some(slot) if slot.state.core().is_open() => {
+                        let core = slot.state.core_mut();
+                        if core.shared.open.load(Ordering::Acquire) {
+                            self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                            core.enqueue_frame(Chunk::Owned(frame), &mut self.ctx);
+                        } else {
+                            core.shared.queued.fetch_sub(len, Ordering::Relaxed);
+                        }
+                    }
+                    Some(slot) => {
+                        slot.state.core().shared.queued.fetch_sub(len, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+            }
+            Cmd::Ping { id, payload } => self.with_conn(id, |mut c| {
+                c.ping(&payload);
+            }),
+            Cmd::Close { id, code, reason } => self.with_conn(id, |mut c| c.close(code, &reason)),
+            Cmd::Terminate { id } => self.with_conn(id, |mut c| c.terminate()),
+            Cmd::Subscribe { id, topic } => self.with_conn(id, |mut c| c.subscribe(&topic)),
+            Cmd::Unsubscribe { id, topic } => self.with_conn(id, |mut c| c.unsubscribe(&topic)),
+            Cmd::Publish { topic, frame } => {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(self.ctx.topics.members(&topic));
+                for i in 0..self.scratch.len() {
+                    let id = self.scratch[i];
+                    if let Some(slot) = self.conns.get_mut(id.slot()) {
+                        slot.state.core_mut().send_shared(&frame, &mut self.ctx);
+                    }
+                }
+            }
+            Cmd::Broadcast { frame } => {
+                for (_, slot) in self.conns.iter_mut() {
+                    if slot.state.core().is_open() {
+                        slot.state.core_mut().send_shared(&frame, &mut self.ctx);
+                    }
+                }
+            }
+            Cmd::Decide { id, decision } => {
+                let k = id.slot();
+                if self.live(id).is_none() {
+                    return;
+                }
+                let state = &mut self.conns[k].state;
+                if state.decide(decision, &mut self.ctx) {
+                    self.ctx.resume.push(k);
+                }
+                self.flush_slot(k);
+            }
+            Cmd::Shutdown { started } => self.begin_shutdown(started),
+        }
+    }
+
+    fn with_conn(&mut self, id: ConnId, f: impl FnOnce(Conn<'_>)) {
+        let k = id.slot();
+        let Some(slot) = self.conns.get_mut(k).filter(|s| s.state.core().id == id) else {
+            return;
+        };
+        f(Conn {
+            core: slot.state.core_mut(),
+            ctx: &mut self.ctx,
+        });
+        self.after_io(k);
+    }
+
+    // ---- graceful shutdown ----
+
+    fn begin_shutdown(&mut self, started: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let opts = &self.ctx.shared.opts;
+        let close_start = started + opts.drain_delay;
+        let window = opts.drain_window;
+        let plan = ShutdownPlan {
+            close_start,
+            deadline: shutdown_deadline(opts, started),
+        };
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let n = keys.len().max(1) as u32;
+        for (i, k) in keys.into_iter().enumerate() {
+            // Spread the closes evenly over the window so clients don't reconnect at once.
+            let at = close_start + window * i as u32 / n;
+            self.conns[k].state.begin_shutdown(at, &mut self.ctx);
+            self.after_io(k);
+        }
+        self.shutdown = Some(plan);
+    }
+
+    /// Advance a shutdown in progress; true when the worker should stop.
+    fn shutdown_step(&mut self) -> bool {
+        let Some(plan) = &self.shutdown else {
+            return false;
+        };
+        let now = self.ctx.now;
+        if now >= plan.close_start && self.listener.is_some() {
+            // From here on, new connections are refused by the kernel: the load balancer
+            // has had `drain_delay` to notice the failing health check.
+            if let Some(mut l) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+        (now >= plan.close_start && self.conns.is_empty() && self.rx.is_empty()) || now >= plan.deadline
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted)
+        || matches!(e.raw_os_error(), Some(libc::EPROTO) | Some(libc::ECONNABORTED))
+}
