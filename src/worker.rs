@@ -409,6 +409,9 @@ impl Worker {
             self.ctx.cork_slot = None;
             self.ctx.cork.clear();
         }
+        // Free the connection's place before on_close runs, so a host reacting to the close
+        // (or a client reconnecting at once) is not refused by max_connections.
+        self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
         slot.state.finalize(&mut self.ctx);
         let _ = self.poll.registry().deregister(&mut slot.stream);
         {
@@ -422,7 +425,6 @@ impl Worker {
             }
         }
         self.ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
-        self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
         // An fd was freed: if accepting was paused for lack of fds, try again now.
         if self.accept_paused_until.is_some() {
             self.accept_paused_until = Some(self.ctx.now);
