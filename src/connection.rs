@@ -313,7 +313,7 @@ impl ConnState {
 
     pub fn on_timer(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
-        let opts = ctx.shared.opts.clone_timeouts();
+        let opts = (ctx.shared.opts.idle_timeout, ctx.shared.opts.ping_interval);
         let core = &mut self.core;
         if core.deadline.is_some_and(|d| d <= now) {
             core.deadline = None;

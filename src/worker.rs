@@ -171,10 +171,10 @@ impl Worker {
             }
             self.accept_paused_until = None;
         }
-        let Some(listener) = &self.listener else {
-            return;
-        };
         loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => {
                     self.accept_backoff = Duration::from_millis(10);
@@ -235,8 +235,7 @@ impl Worker {
     }
 
     fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, mut early: Vec<u8>) {
-        let entry = self.conns.vacant_entry();
-        let k = entry.key();
+        let k = self.conns.vacant_key();
         if k >= SLOT_LIMIT {
             self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -270,7 +269,7 @@ impl Worker {
             reg[k] = Some(conn_shared.clone());
         }
         let state = ConnState::new(id, peer, conn_shared, &self.ctx);
-        entry.insert(Slot {
+        self.conns.insert(Slot {
             stream,
             state,
             write_shut: false,
@@ -487,7 +486,8 @@ impl Worker {
             }
             Cmd::Send { id, frame } => {
                 let len = frame.len();
-                match self.live(id) {
+                let k = id.slot();
+                match self.conns.get_mut(k).filter(|s| s.state.core().id == id) {
                     Some(slot) if slot.state.core().is_open() => {
                         let core = slot.state.core_mut();
                         if core.shared.open.load(Ordering::Acquire) {

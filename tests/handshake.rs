@@ -45,7 +45,7 @@ fn bad_key_wrong_method_and_old_http_are_400() {
     assert!(http(srv.addr, &post).0 >= 400);
     let http10 = upgrade_request("/", "").replacen("HTTP/1.1", "HTTP/1.0", 1);
     assert_eq!(http(srv.addr, &http10).0, 400);
-    let garbage = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n";
+    let garbage = "\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n";
     assert_eq!(http(srv.addr, garbage).0, 400);
     assert!(srv.handle().stats().rejected("bad_key") >= 1);
 }
