@@ -378,6 +378,7 @@ impl ConnState {
             ctx.topics.unsubscribe(&topic, core.id);
         }
         if core.opened {
+            ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
             let mut info = core.close_info.take().unwrap_or(CloseInfo {
                 code: 1006,
                 reason: String::new(),

@@ -478,10 +478,7 @@ impl Worker {
                 peer,
                 early,
             } => {
-                if self.shutdown.is_some() {
-                    self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
-                    return;
-                }
+                // Also while draining: the request then gets its 503 and health check answer.
                 self.insert(stream, peer, early);
             }
             Cmd::Send { id, frame } => {
