@@ -350,6 +350,8 @@ const PAGE: &str = r#"<!doctype html>
 const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + location.pathname;
 document.getElementById('url').textContent = url;
 const log = document.getElementById('log'), status = document.getElementById('status');
+// ?send=TEXT sends TEXT on open and answers its echo with "echoed: TEXT" (used by the tests).
+const auto = new URLSearchParams(location.search).get('send');
 function line(cls, text) {
   const d = document.createElement('div'); d.className = cls; d.textContent = text;
   log.appendChild(d); log.scrollTop = log.scrollHeight;
@@ -357,8 +359,8 @@ function line(cls, text) {
 let ws;
 function connect() {
   ws = new WebSocket(url);
-  ws.onopen = () => { status.textContent = 'open'; line('sys', 'connected'); };
-  ws.onmessage = (e) => line('in', '< ' + e.data);
+  ws.onopen = () => { status.textContent = 'open'; line('sys', 'connected'); if (auto) { ws.send(auto); line('out', '> ' + auto); } };
+  ws.onmessage = (e) => { line('in', '< ' + e.data); if (auto && e.data === auto) ws.send('echoed: ' + auto); };
   ws.onclose = (e) => { status.textContent = 'closed (' + e.code + ')'; line('sys', 'closed with code ' + e.code + (e.reason ? ': ' + e.reason : '')); };
   ws.onerror = () => line('sys', 'error');
 }
