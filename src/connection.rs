@@ -177,7 +177,9 @@ impl ConnState {
     pub fn on_read(&mut self, data: &mut [u8], ctx: &mut Ctx) {
         let core = &mut self.core;
         core.last_read = ctx.now;
-        ctx.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        ctx.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut data = data;
         loop {
             match &mut self.input {
@@ -440,8 +442,11 @@ impl Core {
     /// A complete request: answer it or move to the frame phase.
     fn on_request(&mut self, request: Request, early: &mut [u8], ctx: &mut Ctx) -> Input {
         let opts = &ctx.shared.opts;
-        let forwarded =
-            crate::net_trust::client_address(self.remote.ip(), &request.headers, &opts.trusted_proxies);
+        let forwarded = crate::net_trust::client_address(
+            self.remote.ip(),
+            &request.headers,
+            &opts.trusted_proxies,
+        );
         if forwarded != self.remote.ip() {
             self.remote = SocketAddr::new(forwarded, 0);
         }
@@ -464,7 +469,11 @@ impl Core {
                     (200, b"ok\n")
                 };
                 let mut buf = Vec::new();
-                let body = if request.method == "HEAD" { &[][..] } else { body };
+                let body = if request.method == "HEAD" {
+                    &[][..]
+                } else {
+                    body
+                };
                 handshake::write_response(&mut buf, status, "text/plain; charset=utf-8", &[], body);
                 self.respond_and_linger(&buf, ctx);
                 Input::Discard
@@ -484,7 +493,13 @@ impl Core {
                         .into_iter()
                         .filter(|(k, v)| handshake::valid_header(k, v))
                         .collect();
-                    handshake::write_response(&mut buf, resp.status, &resp.content_type, &headers, &resp.body);
+                    handshake::write_response(
+                        &mut buf,
+                        resp.status,
+                        &resp.content_type,
+                        &headers,
+                        &resp.body,
+                    );
                     self.respond_and_linger(&buf, ctx);
                 } else if handshake::path_served(&request.path, &ctx.shared.opts.paths) {
                     let mut r = Rejection::new(
@@ -497,14 +512,18 @@ impl Core {
                         ),
                     );
                     r.headers.push(("Upgrade".into(), "websocket".into()));
-                    r.headers.push(("Sec-WebSocket-Version".into(), "13".into()));
+                    r.headers
+                        .push(("Sec-WebSocket-Version".into(), "13".into()));
                     self.reject(&r, ctx);
                 } else {
                     let r = Rejection::new(
                         RejectKind::PathNotFound,
                         404,
                         "404 Not Found\n",
-                        format!("{}: {} {} is not served (option paths)", self.remote, request.method, request.path),
+                        format!(
+                            "{}: {} {} is not served (option paths)",
+                            self.remote, request.method, request.path
+                        ),
                     );
                     self.reject(&r, ctx);
                 }
@@ -572,7 +591,7 @@ impl Core {
         ctx: &mut Ctx,
     ) -> Input {
         let subprotocol = match accept.subprotocol {
-            Some(p) if upgrade.offered_protocols.iter().any(|o| *o == p) => Some(p),
+            Some(p) if upgrade.offered_protocols.contains(&p) => Some(p),
             Some(p) => {
                 log::error!(
                     "{}: handler chose subprotocol {p:?}, which the client did not offer ({:?}); using {:?}",
@@ -590,13 +609,21 @@ impl Core {
             .filter(|(k, v)| {
                 let ok = handshake::valid_header(k, v);
                 if !ok {
-                    log::error!("{}: handler's response header {k:?} is not valid HTTP; dropped", self.remote);
+                    log::error!(
+                        "{}: handler's response header {k:?} is not valid HTTP; dropped",
+                        self.remote
+                    );
                 }
                 ok
             })
             .collect();
         let mut response = Vec::with_capacity(160);
-        handshake::write_accept(&mut response, &upgrade.accept, subprotocol.as_deref(), &headers);
+        handshake::write_accept(
+            &mut response,
+            &upgrade.accept,
+            subprotocol.as_deref(),
+            &headers,
+        );
         self.write_raw(&response, ctx);
         let opts = &ctx.shared.opts;
         self.info = Some(Box::new(OpenInfo {
@@ -622,7 +649,22 @@ impl Core {
     /// Refuse with an HTTP response that says why, log it, count it.
     fn reject(&mut self, r: &Rejection, ctx: &mut Ctx) {
         ctx.stats.count_reject(r.kind);
-        log::info!("upgrade refused ({} {}): {}", r.status, r.kind.name(), r.log);
+        if matches!(r.kind, RejectKind::NotUpgrade | RejectKind::PathNotFound) {
+            // Browsers fetch /favicon.ico, scanners probe paths: not worth an info line.
+            log::debug!(
+                "request refused ({} {}): {}",
+                r.status,
+                r.kind.name(),
+                r.log
+            );
+        } else {
+            log::info!(
+                "upgrade refused ({} {}): {}",
+                r.status,
+                r.kind.name(),
+                r.log
+            );
+        }
         let mut buf = Vec::new();
         handshake::write_rejection(&mut buf, r);
         self.respond_and_linger(&buf, ctx);
@@ -697,7 +739,12 @@ impl Core {
 
     /// A protocol violation: send the close code that names it, then wait for the client.
     fn fail(&mut self, e: message::ProtocolError, ctx: &mut Ctx) {
-        log::debug!("{}: protocol error {} ({})", self.remote, e.close_code, e.reason);
+        log::debug!(
+            "{}: protocol error {} ({})",
+            self.remote,
+            e.close_code,
+            e.reason
+        );
         ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
         if !self.close_sent {
             if self.close_info.is_none() {
@@ -757,7 +804,9 @@ impl Core {
         if queued == 0 || queued + len <= max {
             return true;
         }
-        ctx.stats.backpressure_dropped.fetch_add(1, Ordering::Relaxed);
+        ctx.stats
+            .backpressure_dropped
+            .fetch_add(1, Ordering::Relaxed);
         if ctx.shared.opts.backpressure_policy == BackpressurePolicy::Close {
             log::info!(
                 "{}: {} bytes queued for a client that does not read (max_backpressure {}); closing with 1008",
@@ -770,9 +819,16 @@ impl Core {
         false
     }
 
-    fn send_frame(&mut self, opcode: OpCode, payload: &[u8], control: bool, ctx: &mut Ctx) -> SendStatus {
+    fn send_frame(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        control: bool,
+        ctx: &mut Ctx,
+    ) -> SendStatus {
         let mut header = [0u8; frame::MAX_HEADER_LEN];
-        let hlen = frame::encode_header(&mut header, true, false, opcode, payload.len() as u64, None);
+        let hlen =
+            frame::encode_header(&mut header, true, false, opcode, payload.len() as u64, None);
         let len = hlen + payload.len();
         if !control {
             if !self.opened || self.close_sent {
@@ -839,7 +895,9 @@ impl Core {
                     }
                 }
             }
-            ctx.stats.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+            ctx.stats
+                .bytes_out
+                .fetch_add(written as u64, Ordering::Relaxed);
             let rest = &ctx.cork[written..];
             if !rest.is_empty() {
                 self.out.push_copy(rest);
@@ -862,7 +920,9 @@ impl Core {
             } else if !self.blocked {
                 self.blocked = true;
                 self.shared.blocked.store(true, Ordering::Relaxed);
-                ctx.stats.backpressure_queued.fetch_add(1, Ordering::Relaxed);
+                ctx.stats
+                    .backpressure_queued
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(drained && self.opened && !self.close_sent)
@@ -877,7 +937,10 @@ fn host_rejection(reject: Reject, remote: SocketAddr, path: &str) -> Rejection {
     let status = if (400..=599).contains(&reject.status) {
         reject.status
     } else {
-        log::error!("handler rejected with status {}, which is not 4xx/5xx; sending 403", reject.status);
+        log::error!(
+            "handler rejected with status {}, which is not 4xx/5xx; sending 403",
+            reject.status
+        );
         403
     };
     let mut body = reject.body;
@@ -924,7 +987,10 @@ impl Conn<'_> {
         self.core.info.as_ref().and_then(|i| i.query.as_deref())
     }
     pub fn subprotocol(&self) -> Option<&str> {
-        self.core.info.as_ref().and_then(|i| i.subprotocol.as_deref())
+        self.core
+            .info
+            .as_ref()
+            .and_then(|i| i.subprotocol.as_deref())
     }
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
         match msg {
@@ -933,7 +999,8 @@ impl Conn<'_> {
         }
     }
     pub fn send_text(&mut self, text: &str) -> SendStatus {
-        self.core.send_frame(OpCode::Text, text.as_bytes(), false, self.ctx)
+        self.core
+            .send_frame(OpCode::Text, text.as_bytes(), false, self.ctx)
     }
     pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
         self.core.send_frame(OpCode::Binary, data, false, self.ctx)
@@ -952,7 +1019,11 @@ impl Conn<'_> {
         if !core.opened || core.close_sent {
             return;
         }
-        let code = if frame::is_valid_close_code(code) { code } else { 1000 };
+        let code = if frame::is_valid_close_code(code) {
+            code
+        } else {
+            1000
+        };
         core.close_info = Some(CloseInfo {
             code,
             reason: reason.to_string(),

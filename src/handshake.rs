@@ -114,7 +114,12 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub fn new(kind: RejectKind, status: u16, body: impl Into<String>, log: impl Into<String>) -> Self {
+    pub fn new(
+        kind: RejectKind,
+        status: u16,
+        body: impl Into<String>,
+        log: impl Into<String>,
+    ) -> Self {
         Rejection {
             kind,
             status,
@@ -228,7 +233,10 @@ fn parse(head: &[u8], limits: Limits) -> Result<Request, Rejection> {
                 RejectKind::HeadersTooLarge,
                 431,
                 "431 Request Header Fields Too Large: too many header lines\n",
-                format!("more than max_headers ({}) header lines", limits.max_headers),
+                format!(
+                    "more than max_headers ({}) header lines",
+                    limits.max_headers
+                ),
             ))
         }
         Err(e) => {
@@ -249,7 +257,12 @@ fn parse(head: &[u8], limits: Limits) -> Result<Request, Rejection> {
         headers: req
             .headers
             .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect(),
     })
 }
@@ -292,7 +305,10 @@ pub fn path_served(path: &str, paths: &[String]) -> bool {
         if p == "*" {
             true
         } else if let Some(prefix) = p.strip_suffix("/*") {
-            path == prefix || path.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'))
+            path == prefix
+                || path
+                    .strip_prefix(prefix)
+                    .is_some_and(|r| r.starts_with('/'))
         } else {
             p == path
         }
@@ -303,7 +319,9 @@ const NGINX_FIX: &str = "for nginx: proxy_http_version 1.1; proxy_set_header Upg
 
 /// Decide what a complete request is.
 pub fn route(req: &Request, policy: &Policy) -> Result<Route, Rejection> {
-    if policy.health_path == Some(req.path.as_str()) && (req.method == "GET" || req.method == "HEAD") {
+    if policy.health_path == Some(req.path.as_str())
+        && (req.method == "GET" || req.method == "HEAD")
+    {
         return Ok(Route::Health);
     }
     let wants_websocket = req.has_token("Upgrade", "websocket");
@@ -340,7 +358,11 @@ pub fn route(req: &Request, policy: &Policy) -> Result<Route, Rejection> {
     }
     let has_connection_upgrade = req.has_token("Connection", "upgrade");
     if !wants_websocket || !has_connection_upgrade {
-        let what = match (wants_websocket, req.header("Upgrade"), req.header("Connection")) {
+        let what = match (
+            wants_websocket,
+            req.header("Upgrade"),
+            req.header("Connection"),
+        ) {
             (false, None, _) => "the Upgrade header is missing".to_string(),
             (false, Some(u), _) => format!("Upgrade is {u:?}, not websocket"),
             (true, _, None) => "the Connection header is missing".to_string(),
@@ -363,9 +385,13 @@ pub fn route(req: &Request, policy: &Policy) -> Result<Route, Rejection> {
             RejectKind::UnsupportedVersion,
             426,
             "426 Upgrade Required: unsupported Sec-WebSocket-Version (this server speaks 13)\n",
-            format!("Sec-WebSocket-Version {:?} is not supported (only 13)", version.unwrap_or("(missing)")),
+            format!(
+                "Sec-WebSocket-Version {:?} is not supported (only 13)",
+                version.unwrap_or("(missing)")
+            ),
         );
-        r.headers.push(("Sec-WebSocket-Version".into(), "13".into()));
+        r.headers
+            .push(("Sec-WebSocket-Version".into(), "13".into()));
         return Err(r);
     }
     let key = key.map(str::trim).unwrap_or("");
@@ -385,12 +411,20 @@ pub fn route(req: &Request, policy: &Policy) -> Result<Route, Rejection> {
             RejectKind::PathNotFound,
             404,
             "404 Not Found: no WebSocket endpoint at this path\n",
-            format!("path {} is not served (option paths: {})", req.path, policy.paths.join(",")),
+            format!(
+                "path {} is not served (option paths: {})",
+                req.path,
+                policy.paths.join(",")
+            ),
         ));
     }
     let origin = req.header("Origin").map(str::trim);
     if let Some(origin) = origin {
-        check_origin(origin, req.header("Host").unwrap_or(""), policy.allowed_origins)?;
+        check_origin(
+            origin,
+            req.header("Host").unwrap_or(""),
+            policy.allowed_origins,
+        )?;
     }
     let offered: Vec<String> = req
         .header_tokens("Sec-WebSocket-Protocol")
@@ -447,7 +481,12 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// The 101 response.
-pub fn write_accept(out: &mut Vec<u8>, accept: &str, subprotocol: Option<&str>, extra_headers: &[(String, String)]) {
+pub fn write_accept(
+    out: &mut Vec<u8>,
+    accept: &str,
+    subprotocol: Option<&str>,
+    extra_headers: &[(String, String)],
+) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     out.extend_from_slice(accept.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -468,7 +507,13 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 /// A plain HTTP response; the connection closes after it.
-pub fn write_response(out: &mut Vec<u8>, status: u16, content_type: &str, extra_headers: &[(String, String)], body: &[u8]) {
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    extra_headers: &[(String, String)],
+    body: &[u8],
+) {
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
     push_header(out, "Content-Type", content_type);
     push_header(out, "Content-Length", &body.len().to_string());
@@ -481,7 +526,13 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, content_type: &str, extra_
 }
 
 pub fn write_rejection(out: &mut Vec<u8>, r: &Rejection) {
-    write_response(out, r.status, "text/plain; charset=utf-8", &r.headers, r.body.as_bytes());
+    write_response(
+        out,
+        r.status,
+        "text/plain; charset=utf-8",
+        &r.headers,
+        r.body.as_bytes(),
+    );
 }
 
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -557,7 +608,10 @@ mod tests {
 
     #[test]
     fn rfc_sample_key() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -567,7 +621,10 @@ mod tests {
         let mut r = RequestReader::new(LIMITS);
         let (req, rest) = r.feed(&bytes).unwrap().unwrap();
         assert_eq!(rest, b"\x81\x85frame");
-        assert_eq!((req.path.as_str(), req.query.as_deref()), ("/chat", Some("room=1")));
+        assert_eq!(
+            (req.path.as_str(), req.query.as_deref()),
+            ("/chat", Some("room=1"))
+        );
         let mut r = RequestReader::new(LIMITS);
         let mut done = None;
         for (i, b) in bytes.iter().enumerate() {
@@ -627,18 +684,30 @@ mod tests {
 
     #[test]
     fn rejections_name_their_cause() {
-        let e = route_text(&request("").replace("Upgrade: websocket\r\nConnection: Upgrade\r\n", "")).unwrap_err();
+        let e =
+            route_text(&request("").replace("Upgrade: websocket\r\nConnection: Upgrade\r\n", ""))
+                .unwrap_err();
         assert_eq!((e.status, e.kind), (400, RejectKind::MissingUpgrade));
-        assert!(e.log.contains("proxy") && e.body.contains("proxy_set_header Upgrade"), "{e:?}");
-        let e = route_text(&request("").replace("Connection: Upgrade", "Connection: close")).unwrap_err();
+        assert!(
+            e.log.contains("proxy") && e.body.contains("proxy_set_header Upgrade"),
+            "{e:?}"
+        );
+        let e = route_text(&request("").replace("Connection: Upgrade", "Connection: close"))
+            .unwrap_err();
         assert!(e.log.contains("\"close\""), "{}", e.log);
         let e = route_text(&request("").replace("Version: 13", "Version: 8")).unwrap_err();
-        assert_eq!((e.status, e.headers.clone()), (426, vec![("Sec-WebSocket-Version".into(), "13".into())]));
+        assert_eq!(
+            (e.status, e.headers.clone()),
+            (426, vec![("Sec-WebSocket-Version".into(), "13".into())])
+        );
         let e = route_text(&request("").replace("Sec-WebSocket-Version: 13\r\n", "")).unwrap_err();
         assert_eq!(e.status, 426);
-        let e = route_text(&request("").replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")).unwrap_err();
+        let e =
+            route_text(&request("").replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")).unwrap_err();
         assert_eq!(e.kind, RejectKind::BadKey);
-        let e = route_text(&request("").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")).unwrap_err();
+        let e =
+            route_text(&request("").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""))
+                .unwrap_err();
         assert_eq!(e.kind, RejectKind::BadKey);
         let e = route_text(&request("").replacen("GET", "POST", 1)).unwrap_err();
         assert_eq!(e.status, 405);
@@ -650,7 +719,9 @@ mod tests {
 
     #[test]
     fn case_and_comma_lists() {
-        let r = request("").replace("Upgrade: websocket", "Upgrade: WebSocket").replace("Connection: Upgrade", "Connection: keep-alive, Upgrade");
+        let r = request("")
+            .replace("Upgrade: websocket", "Upgrade: WebSocket")
+            .replace("Connection: Upgrade", "Connection: keep-alive, Upgrade");
         assert!(matches!(route_text(&r), Ok(Route::Upgrade(_))));
     }
 
@@ -661,7 +732,10 @@ mod tests {
         let req = |path: &str| parse_all(&request("").replace("/chat?room=1", path));
         assert!(matches!(route(&req("/ws"), &p), Ok(Route::Upgrade(_))));
         assert!(matches!(route(&req("/push"), &p), Ok(Route::Upgrade(_))));
-        assert!(matches!(route(&req("/push/a/b"), &p), Ok(Route::Upgrade(_))));
+        assert!(matches!(
+            route(&req("/push/a/b"), &p),
+            Ok(Route::Upgrade(_))
+        ));
         assert_eq!(route(&req("/pushy"), &p).unwrap_err().status, 404);
         assert_eq!(route(&req("/healthz"), &p), Ok(Route::Health));
         let plain = parse_all("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -679,13 +753,20 @@ mod tests {
         assert!(e.log.contains("allowed_origins"));
         let list = vec!["https://evil.test".to_string()];
         assert!(route(&parse_all(&foreign), &policy(&any(), &list, &[])).is_ok());
-        assert_eq!(route(&parse_all(&same), &policy(&any(), &list, &[])).unwrap_err().status, 403);
+        assert_eq!(
+            route(&parse_all(&same), &policy(&any(), &list, &[]))
+                .unwrap_err()
+                .status,
+            403
+        );
         assert!(route(&parse_all(&foreign), &policy(&any(), &any(), &[])).is_ok());
     }
 
     #[test]
     fn subprotocol_in_server_order_across_repeated_headers() {
-        let r = parse_all(&request("Sec-WebSocket-Protocol: a, b\r\nSec-WebSocket-Protocol: c\r\n"));
+        let r = parse_all(&request(
+            "Sec-WebSocket-Protocol: a, b\r\nSec-WebSocket-Protocol: c\r\n",
+        ));
         let protos = vec!["c".to_string(), "b".to_string()];
         match route(&r, &policy(&any(), &[], &protos)).unwrap() {
             Route::Upgrade(u) => {
@@ -699,7 +780,12 @@ mod tests {
     #[test]
     fn responses_are_exact() {
         let mut out = Vec::new();
-        write_accept(&mut out, "abc", Some("chat"), &[("Set-Cookie".into(), "a=b".into())]);
+        write_accept(
+            &mut out,
+            "abc",
+            Some("chat"),
+            &[("Set-Cookie".into(), "a=b".into())],
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nSec-WebSocket-Protocol: chat\r\nSet-Cookie: a=b\r\n\r\n"

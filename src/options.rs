@@ -517,7 +517,11 @@ fn find_spec(name: &str) -> Result<&'static OptionSpec, OptionError> {
             option: name.to_string(),
             message: format!(
                 "unknown option; known options: {}",
-                OPTIONS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                OPTIONS
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         })
 }
@@ -570,7 +574,11 @@ pub fn parse_size(v: &str, min: u64, max: u64) -> Result<usize, String> {
 
 /// Durations: `500ms`, `30s`, `2m`, `1h`; a bare number means seconds.
 /// `zero_ok` = Some(ZERO) allows 0 (meaning "off") below `min`.
-pub fn parse_duration(v: &str, min: Duration, zero_ok: Option<Duration>) -> Result<Duration, String> {
+pub fn parse_duration(
+    v: &str,
+    min: Duration,
+    zero_ok: Option<Duration>,
+) -> Result<Duration, String> {
     let max = Duration::from_secs(86_400);
     let err = || {
         let zero = if zero_ok.is_some() { "0 (off) or " } else { "" };

@@ -27,7 +27,11 @@ pub fn wait_for_signal() -> io::Result<&'static str> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    Ok(if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" })
+    Ok(if sig == libc::SIGTERM {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    })
 }
 
 fn termination_set() -> io::Result<libc::sigset_t> {
@@ -60,5 +64,5 @@ pub fn raise_fd_limit() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }

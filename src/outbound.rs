@@ -31,9 +31,6 @@ pub(crate) struct OutQueue {
 const MAX_IOV: usize = 64;
 
 impl OutQueue {
-    pub fn len(&self) -> usize {
-        self.len
-    }
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -152,10 +149,14 @@ mod tests {
         q.push_copy(b"hello ");
         q.push(Chunk::Shared(shared.clone()));
         q.push(Chunk::Owned(b" world".to_vec()));
-        assert_eq!(q.len(), 24);
-        let mut w = Trickle { out: vec![], cap: 5, budget: 7 };
+        assert_eq!(q.len, 24);
+        let mut w = Trickle {
+            out: vec![],
+            cap: 5,
+            budget: 7,
+        };
         assert_eq!(q.flush(&mut w).unwrap(), 7);
-        assert_eq!(q.len(), 17);
+        assert_eq!(q.len, 17);
         w.budget = usize::MAX;
         q.flush(&mut w).unwrap();
         assert!(q.is_empty());
@@ -167,7 +168,11 @@ mod tests {
     fn appends_after_a_partially_written_head_stay_behind_it() {
         let mut q = OutQueue::default();
         q.push_copy(b"abcdef");
-        let mut w = Trickle { out: vec![], cap: 100, budget: 2 };
+        let mut w = Trickle {
+            out: vec![],
+            cap: 100,
+            budget: 2,
+        };
         q.flush(&mut w).unwrap();
         q.push_copy(b"gh");
         w.budget = 100;

@@ -245,7 +245,11 @@ impl Server {
         parts[0]
             .0
             .registry()
-            .register(&mut listener, crate::worker::LISTENER, mio::Interest::READABLE)
+            .register(
+                &mut listener,
+                crate::worker::LISTENER,
+                mio::Interest::READABLE,
+            )
             .map_err(io_err("cannot register the listener".into()))?;
         let shared = Arc::new(Shared {
             opts,
@@ -341,7 +345,10 @@ impl ServerHandle {
     }
 
     pub fn send_text(&self, id: ConnId, text: &str) -> SendStatus {
-        self.send_frame(id, frame::encode_frame(true, false, OpCode::Text, text.as_bytes()))
+        self.send_frame(
+            id,
+            frame::encode_frame(true, false, OpCode::Text, text.as_bytes()),
+        )
     }
 
     pub fn send_binary(&self, id: ConnId, data: &[u8]) -> SendStatus {
@@ -416,7 +423,10 @@ impl ServerHandle {
 
     /// Drop the connection without a close handshake.
     pub fn terminate(&self, id: ConnId) -> bool {
-        self.lookup(id).is_some() && self.worker(id).is_some_and(|w| w.send(Cmd::Terminate { id }))
+        self.lookup(id).is_some()
+            && self
+                .worker(id)
+                .is_some_and(|w| w.send(Cmd::Terminate { id }))
     }
 
     fn lookup(&self, id: ConnId) -> Option<Arc<ConnShared>> {
@@ -425,7 +435,8 @@ impl ServerHandle {
 
     /// The connection exists and accepts sends.
     pub fn is_open(&self, id: ConnId) -> bool {
-        self.lookup(id).is_some_and(|c| c.open.load(Ordering::Acquire))
+        self.lookup(id)
+            .is_some_and(|c| c.open.load(Ordering::Acquire))
     }
 
     /// Bytes accepted for the connection but not yet written to its socket.
@@ -501,7 +512,7 @@ impl ServerHandle {
     /// HTTP request a host's own server parsed). The upgrade is then handled as usual.
     pub fn adopt(&self, stream: std::net::TcpStream, already_read: &[u8]) -> io::Result<()> {
         if self.shared.is_draining() {
-            return Err(io::Error::new(io::ErrorKind::Other, "server is shutting down"));
+            return Err(io::Error::other("server is shutting down"));
         }
         stream.set_nonblocking(true)?;
         let _ = stream.set_nodelay(true);
@@ -516,7 +527,7 @@ impl ServerHandle {
             Ok(())
         } else {
             self.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
-            Err(io::Error::new(io::ErrorKind::Other, "server has stopped"))
+            Err(io::Error::other("server has stopped"))
         }
     }
 

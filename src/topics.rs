@@ -51,10 +51,6 @@ impl Topics {
     pub fn members(&self, topic: &str) -> &[ConnId] {
         self.map.get(topic).map_or(&[], |m| &m.list)
     }
-
-    pub fn count(&self, topic: &str) -> usize {
-        self.members(topic).len()
-    }
 }
 
 #[cfg(test)]
@@ -69,7 +65,7 @@ mod tests {
             t.subscribe("news", *id);
         }
         t.subscribe("news", ids[0]);
-        assert_eq!(t.count("news"), 5);
+        assert_eq!(t.members("news").len(), 5);
         t.unsubscribe("news", ids[1]);
         t.unsubscribe("news", ids[4]);
         let mut left = t.members("news").to_vec();

@@ -210,7 +210,10 @@ impl Worker {
                 RejectKind::TooManyConnections,
                 503,
                 "503 Service Unavailable: too many connections\n",
-                format!("{peer}: refused, max_connections ({}) reached", shared.opts.max_connections),
+                format!(
+                    "{peer}: refused, max_connections ({}) reached",
+                    shared.opts.max_connections
+                ),
             );
             r.headers.push(("Retry-After".into(), "1".into()));
             log::info!("connection refused (503): {}", r.log);
@@ -242,11 +245,11 @@ impl Worker {
         }
         self.generation = self.generation.wrapping_add(1).max(1);
         let id = ConnId::new(self.index, k, self.generation);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(k), Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(k),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log::warn!("{peer}: cannot register connection: {e}");
             self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -495,7 +498,11 @@ impl Worker {
                         }
                     }
                     Some(slot) => {
-                        slot.state.core().shared.queued.fetch_sub(len, Ordering::Relaxed);
+                        slot.state
+                            .core()
+                            .shared
+                            .queued
+                            .fetch_sub(len, Ordering::Relaxed);
                     }
                     None => {}
                 }
@@ -509,7 +516,8 @@ impl Worker {
             Cmd::Unsubscribe { id, topic } => self.with_conn(id, |mut c| c.unsubscribe(&topic)),
             Cmd::Publish { topic, frame } => {
                 self.scratch.clear();
-                self.scratch.extend_from_slice(self.ctx.topics.members(&topic));
+                self.scratch
+                    .extend_from_slice(self.ctx.topics.members(&topic));
                 for i in 0..self.scratch.len() {
                     let id = self.scratch[i];
                     if let Some(slot) = self.conns.get_mut(id.slot()) {
@@ -588,11 +596,17 @@ impl Worker {
                 let _ = self.poll.registry().deregister(&mut l);
             }
         }
-        (now >= plan.close_start && self.conns.is_empty() && self.rx.is_empty()) || now >= plan.deadline
+        (now >= plan.close_start && self.conns.is_empty() && self.rx.is_empty())
+            || now >= plan.deadline
     }
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted)
-        || matches!(e.raw_os_error(), Some(libc::EPROTO) | Some(libc::ECONNABORTED))
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EPROTO) | Some(libc::ECONNABORTED)
+    )
 }

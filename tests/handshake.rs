@@ -21,7 +21,10 @@ fn proxy_that_drops_upgrade_headers_gets_a_diagnostic() {
     assert_eq!(status, 400);
     assert!(body.contains("Upgrade"), "{body}");
     assert!(body.contains("proxy"), "{body}");
-    assert!(body.contains("proxy_set_header"), "body names the nginx fix: {body}");
+    assert!(
+        body.contains("proxy_set_header"),
+        "body names the nginx fix: {body}"
+    );
     assert_eq!(srv.handle().stats().rejected("missing_upgrade"), 1);
 }
 
@@ -65,14 +68,18 @@ fn paths_health_and_plain_http() {
     let srv = TestServer::start(&[("paths", "/ws,/push/*"), ("health_path", "/healthz")]);
     assert_eq!(http(srv.addr, &upgrade_request("/other", "")).0, 404);
     let mut s = tcp(srv.addr);
-    s.write_all(upgrade_request("/push/abc", "").as_bytes()).unwrap();
+    s.write_all(upgrade_request("/push/abc", "").as_bytes())
+        .unwrap();
     assert_eq!(read_head(&mut s).0, 101);
     let (status, _, body) = http(srv.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, head, _) = http(srv.addr, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 426, "plain GET on a WebSocket path");
     assert!(head.contains("Upgrade: websocket"), "{head}");
-    assert_eq!(http(srv.addr, "GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n").0, 404);
+    assert_eq!(
+        http(srv.addr, "GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        404
+    );
 }
 
 #[test]
@@ -110,7 +117,8 @@ fn subprotocol_is_chosen_in_server_preference_order() {
     assert_eq!(status, 101);
     assert!(head.contains("Sec-WebSocket-Protocol: v2.chat"), "{head}");
     let mut s = tcp(srv.addr);
-    s.write_all(upgrade_request("/", "Sec-WebSocket-Protocol: mqtt\r\n").as_bytes()).unwrap();
+    s.write_all(upgrade_request("/", "Sec-WebSocket-Protocol: mqtt\r\n").as_bytes())
+        .unwrap();
     let (status, head) = read_head(&mut s);
     assert_eq!(status, 101);
     assert!(!head.contains("Sec-WebSocket-Protocol"), "{head}");
@@ -133,7 +141,8 @@ fn host_accepts_with_headers_or_rejects_synchronously() {
         })),
     );
     let mut s = tcp(srv.addr);
-    s.write_all(upgrade_request("/ws?token=good", "").as_bytes()).unwrap();
+    s.write_all(upgrade_request("/ws?token=good", "").as_bytes())
+        .unwrap();
     let (status, head) = read_head(&mut s);
     assert_eq!(status, 101);
     assert!(head.contains("Set-Cookie: session=abc; HttpOnly"), "{head}");
@@ -150,7 +159,10 @@ fn host_decides_later_from_another_thread() {
         &[],
         true,
         Some(Box::new(move |req| {
-            tx.lock().unwrap().send((req.id, req.header("Cookie").map(String::from))).unwrap();
+            tx.lock()
+                .unwrap()
+                .send((req.id, req.header("Cookie").map(String::from)))
+                .unwrap();
             Decision::Defer
         })),
     );
@@ -171,7 +183,10 @@ fn host_decides_later_from_another_thread() {
     bytes.extend(frame(true, 1, b"queued while deciding", true));
     s.write_all(&bytes).unwrap();
     assert_eq!(read_head(&mut s).0, 101);
-    assert_eq!(read_frame(&mut s), (true, 1, b"queued while deciding".to_vec()));
+    assert_eq!(
+        read_frame(&mut s),
+        (true, 1, b"queued while deciding".to_vec())
+    );
     let (status, _, body) = http(srv.addr, &upgrade_request("/", ""));
     assert_eq!((status, body.as_str()), (403, "CSRF token missing\n"));
     checker.join().unwrap();
@@ -202,7 +217,10 @@ fn proxy_header_when_proxy_protocol_is_off_is_named() {
     req.push_str(&upgrade_request("/", ""));
     let (status, _, body) = http(srv.addr, &req);
     assert_eq!(status, 400);
-    assert!(body.contains("PROXY protocol header received but proxy_protocol is off"), "{body}");
+    assert!(
+        body.contains("PROXY protocol header received but proxy_protocol is off"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -52,8 +52,15 @@ fn fragmented_message_with_ping_between_fragments() {
     bytes.extend(frame(false, 0, &p, true));
     bytes.extend(frame(true, 0, &emoji[2..], true));
     s.write_all(&bytes).unwrap();
-    assert_eq!(read_frame(&mut s), (true, 10, b"are you there".to_vec()), "pong first");
-    assert_eq!(read_frame(&mut s), (true, 1, "fragmented 😀".as_bytes().to_vec()));
+    assert_eq!(
+        read_frame(&mut s),
+        (true, 10, b"are you there".to_vec()),
+        "pong first"
+    );
+    assert_eq!(
+        read_frame(&mut s),
+        (true, 1, "fragmented 😀".as_bytes().to_vec())
+    );
 }
 
 #[test]
@@ -122,7 +129,12 @@ fn invalid_utf8_is_refused_with_1007_even_mid_frame() {
     // Fail fast: only the first half of a frame has arrived, and it is already invalid.
     let srv = TestServer::start(&[]);
     let mut s = raw_ws(srv.addr, "/");
-    let f = frame(true, 1, &[b'o', b'k', 0xC0, 0xAF, b'x', b'y', b'z', b'w'], true);
+    let f = frame(
+        true,
+        1,
+        &[b'o', b'k', 0xC0, 0xAF, b'x', b'y', b'z', b'w'],
+        true,
+    );
     s.write_all(&f[..f.len() - 3]).unwrap();
     assert_eq!(read_until_close(&mut s), Some(1007));
     // Invalid close reason.
@@ -156,7 +168,10 @@ fn client_initiated_close_handshake() {
     assert_eq!(read_until_close(&mut s), Some(4001));
     assert_eof(&mut s);
     let (_, info) = srv.wait_close();
-    assert_eq!((info.code, info.reason.as_str(), info.clean), (4001, "bye", true));
+    assert_eq!(
+        (info.code, info.reason.as_str(), info.clean),
+        (4001, "bye", true)
+    );
 }
 
 #[test]

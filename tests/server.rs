@@ -50,7 +50,10 @@ fn sends_from_other_threads_and_stale_ids() {
     let other = raw_ws(srv.addr, "/");
     let new_id = srv.wait_open();
     assert_ne!(new_id, id);
-    assert_eq!(h.send_text(wsrt::ConnId::from_raw(new_id.to_raw() ^ 1), "x"), SendStatus::Gone);
+    assert_eq!(
+        h.send_text(wsrt::ConnId::from_raw(new_id.to_raw() ^ 1), "x"),
+        SendStatus::Gone
+    );
     drop(other);
 }
 
@@ -73,7 +76,11 @@ fn publish_reaches_subscribers_on_every_worker_only() {
     for s in &mut subs {
         assert_eq!(read_frame(s), (true, 1, b"extra!".to_vec()));
     }
-    assert_eq!(read_frame(&mut outsider), (true, 1, b"direct".to_vec()), "outsider got no publish");
+    assert_eq!(
+        read_frame(&mut outsider),
+        (true, 1, b"direct".to_vec()),
+        "outsider got no publish"
+    );
     assert!(h.broadcast(Message::Binary(&[1, 2, 3])));
     for s in subs.iter_mut().chain(std::iter::once(&mut outsider)) {
         assert_eq!(read_frame(s), (true, 2, vec![1, 2, 3]));
@@ -110,7 +117,11 @@ fn subscribe_and_publish_from_inside_callbacks() {
     c.send(WsMessage::text("room2 only")).unwrap();
     assert_eq!(c.read().unwrap(), WsMessage::text("room2 only"));
     b.send(WsMessage::text("second")).unwrap();
-    assert_eq!(a.read().unwrap(), WsMessage::text("second"), "a never saw room2's message");
+    assert_eq!(
+        a.read().unwrap(),
+        WsMessage::text("second"),
+        "a never saw room2's message"
+    );
 }
 
 #[test]
@@ -135,7 +146,11 @@ fn client_that_never_reads_is_closed_and_memory_stays_bounded() {
             break;
         }
     }
-    assert!(statuses.contains(&SendStatus::Dropped), "{:?}", &statuses[statuses.len().saturating_sub(3)..]);
+    assert!(
+        statuses.contains(&SendStatus::Dropped),
+        "{:?}",
+        &statuses[statuses.len().saturating_sub(3)..]
+    );
     assert!(
         max_buffered <= 256 * 1024 + chunk.len() + 16,
         "queue bounded by max_backpressure + one message, was {max_buffered}"
@@ -149,7 +164,10 @@ fn client_that_never_reads_is_closed_and_memory_stays_bounded() {
 
 #[test]
 fn drop_policy_keeps_the_connection_and_drain_follows() {
-    let srv = TestServer::start(&[("max_backpressure", "128KiB"), ("backpressure_policy", "drop")]);
+    let srv = TestServer::start(&[
+        ("max_backpressure", "128KiB"),
+        ("backpressure_policy", "drop"),
+    ]);
     let mut s = raw_ws(srv.addr, "/");
     let id = srv.wait_open();
     let h = srv.handle();
@@ -212,7 +230,10 @@ fn graceful_shutdown_sends_everything_queued_then_1001() {
     srv.server.take().unwrap().join();
     let stats = h.stats();
     assert_eq!(stats.open, 0);
-    assert!(std::net::TcpStream::connect(srv.addr).is_err(), "listener closed");
+    assert!(
+        std::net::TcpStream::connect(srv.addr).is_err(),
+        "listener closed"
+    );
 }
 
 #[test]
@@ -241,7 +262,8 @@ fn a_thousand_concurrent_connections_echo() {
             std::thread::spawn(move || {
                 let mut socks: Vec<_> = (0..100).map(|_| raw_ws(addr, "/")).collect();
                 for (i, s) in socks.iter_mut().enumerate() {
-                    s.write_all(&frame(true, 1, format!("{t}-{i}").as_bytes(), true)).unwrap();
+                    s.write_all(&frame(true, 1, format!("{t}-{i}").as_bytes(), true))
+                        .unwrap();
                 }
                 for (i, s) in socks.iter_mut().enumerate() {
                     assert_eq!(read_frame(s), (true, 1, format!("{t}-{i}").into_bytes()));
@@ -251,7 +273,10 @@ fn a_thousand_concurrent_connections_echo() {
             })
         })
         .collect();
-    let socks: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let socks: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     assert_eq!(ok.load(Ordering::Relaxed), 1000);
     let stats = srv.handle().stats();
     assert_eq!(stats.open, 1000);

@@ -23,7 +23,10 @@ struct Echo {
 impl Echo {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Echo {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ws-echo"));
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, _) in std::env::vars() {
             if k.starts_with("WSRT_") && k != "WSRT_TEST_REQUIRE_TOOLS" {
                 cmd.env_remove(k);
@@ -44,7 +47,13 @@ impl Echo {
             }
         });
         let line = wait_line(&log, "listening on");
-        let addr_text = line.split("listening on ").nth(1).unwrap().split(' ').next().unwrap();
+        let addr_text = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
         let mut addr: SocketAddr = addr_text.parse().unwrap();
         if addr.ip().is_unspecified() {
             addr.set_ip([127, 0, 0, 1].into());
@@ -81,7 +90,9 @@ impl Echo {
         match rx.recv_timeout(WAIT) {
             Ok(status) => status.expect("exit status"),
             Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &self.pid.to_string()])
+                    .status();
                 panic!("ws-echo did not exit within {WAIT:?}");
             }
         }
@@ -132,14 +143,18 @@ fn no_arguments_listens_on_8080_and_echoes() {
     assert_eq!(ws.read().unwrap(), WsMessage::text("ping?"));
     // ws-echo allows any origin by default (a public echo service).
     let mut s = tcp(echo.addr);
-    s.write_all(upgrade_request("/", "Origin: https://elsewhere.example\r\n").as_bytes()).unwrap();
+    s.write_all(upgrade_request("/", "Origin: https://elsewhere.example\r\n").as_bytes())
+        .unwrap();
     assert_eq!(read_head(&mut s).0, 101);
 }
 
 #[test]
 fn prefix_hostname_and_greeting_like_the_go_server_of_seed_001() {
     let echo = Echo::local(&["--prefix", "hostname", "--greeting", "welcome"]);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
     let mut ws = client(echo.addr, "/");
     assert_eq!(ws.read().unwrap(), WsMessage::text("welcome"));
     ws.send(WsMessage::text("hi")).unwrap();
@@ -154,7 +169,11 @@ fn prefix_hostname_and_greeting_like_the_go_server_of_seed_001() {
 fn environment_variables_configure_it_and_flags_win() {
     let echo = Echo::start(
         &["--listen", "127.0.0.1:0", "--prefix", "flag"],
-        &[("WSRT_PREFIX", "env"), ("WSRT_MAX_MESSAGE_SIZE", "1KiB"), ("WSRT_MAX_FRAME_SIZE", "1KiB")],
+        &[
+            ("WSRT_PREFIX", "env"),
+            ("WSRT_MAX_MESSAGE_SIZE", "1KiB"),
+            ("WSRT_MAX_FRAME_SIZE", "1KiB"),
+        ],
     );
     let mut ws = client(echo.addr, "/");
     ws.send(WsMessage::text("x")).unwrap();
@@ -191,7 +210,10 @@ fn browser_page_and_health_check() {
 fn bad_options_are_named_and_help_lists_every_option() {
     let (code, _, err) = run_to_end(&["--max-message-size", "lots"], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("option `max_message_size`") && err.contains("expected a size"), "{err}");
+    assert!(
+        err.contains("option `max_message_size`") && err.contains("expected a size"),
+        "{err}"
+    );
     let (code, _, err) = run_to_end(&["--no-such-thing", "1"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("unknown option"), "{err}");
@@ -201,7 +223,11 @@ fn bad_options_are_named_and_help_lists_every_option() {
     let (code, out, _) = run_to_end(&["--help"], &[]);
     assert_eq!(code, 0);
     for spec in wsrt::OPTIONS {
-        assert!(out.contains(&format!("--{}", spec.name.replace('_', "-"))), "{}", spec.name);
+        assert!(
+            out.contains(&format!("--{}", spec.name.replace('_', "-"))),
+            "{}",
+            spec.name
+        );
         assert!(out.contains(&spec.env_var()), "{}", spec.env_var());
     }
     for extra in ["--mode", "--prefix", "--greeting", "--log-level"] {
@@ -221,7 +247,10 @@ fn sigterm_closes_clients_with_1001_and_logs_each_connection() {
     assert_eq!(read_until_close(&mut s), Some(1001));
     s.write_all(&close_frame(1001, "")).unwrap();
     let close = wait_line(&echo.log, "close");
-    assert!(close.contains("code=1001") && close.contains("127.0.0.1:"), "{close}");
+    assert!(
+        close.contains("code=1001") && close.contains("127.0.0.1:"),
+        "{close}"
+    );
     assert!(echo.wait_exit().success());
 }
 
@@ -250,19 +279,29 @@ fn websocat_round_trip() {
     };
     let echo = Echo::local(&["--prefix", "srv"]);
     let mut child = Command::new(websocat)
-        .args(["--no-close", "--ping-interval", "5", &format!("ws://{}/", echo.addr)])
+        .args([
+            "--no-close",
+            "--ping-interval",
+            "5",
+            &format!("ws://{}/", echo.addr),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"hello websocat\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello websocat\n")
+        .unwrap();
     let mut out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
-        while out.read(&mut b).map_or(false, |n| n == 1) && b[0] != b'\n' {
+        while out.read(&mut b).is_ok_and(|n| n == 1) && b[0] != b'\n' {
             line.push(b[0]);
         }
         let _ = tx.send(String::from_utf8_lossy(&line).to_string());
@@ -270,7 +309,10 @@ fn websocat_round_trip() {
     let got = rx.recv_timeout(WAIT);
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(got.expect("websocat printed the echo"), "[srv] hello websocat");
+    assert_eq!(
+        got.expect("websocat printed the echo"),
+        "[srv] hello websocat"
+    );
 }
 
 #[test]

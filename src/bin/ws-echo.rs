@@ -88,7 +88,9 @@ impl Handler for Echo {
             conn.id(),
             conn.remote_addr(),
             conn.path(),
-            conn.subprotocol().map(|p| format!(" subprotocol={p}")).unwrap_or_default()
+            conn.subprotocol()
+                .map(|p| format!(" subprotocol={p}"))
+                .unwrap_or_default()
         );
         if !self.greeting.is_empty() {
             conn.send_text(&self.greeting);
@@ -154,14 +156,19 @@ fn run() -> Result<(), String> {
         .iter()
         .map(|s| {
             let env = format!("WSRT_{}", s.name.to_ascii_uppercase());
-            (s.name.to_string(), std::env::var(env).unwrap_or_else(|_| s.default.into()))
+            (
+                s.name.to_string(),
+                std::env::var(env).unwrap_or_else(|_| s.default.into()),
+            )
         })
         .collect();
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let Some(flag) = arg.strip_prefix("--") else {
-            return Err(format!("unexpected argument {arg:?} (options are --name value; see --help)"));
+            return Err(format!(
+                "unexpected argument {arg:?} (options are --name value; see --help)"
+            ));
         };
         let (name, inline) = match flag.split_once('=') {
             Some((n, v)) => (n.replace('-', "_"), Some(v.to_string())),
@@ -169,7 +176,9 @@ fn run() -> Result<(), String> {
         };
         let value = match inline {
             Some(v) => v,
-            None => it.next().ok_or_else(|| format!("--{name} needs a value (see --help)"))?,
+            None => it
+                .next()
+                .ok_or_else(|| format!("--{name} needs a value (see --help)"))?,
         };
         if let Some(e) = extra.iter_mut().find(|(n, _)| *n == name) {
             e.1 = value;
@@ -177,7 +186,13 @@ fn run() -> Result<(), String> {
             opts.set(&name, &value).map_err(|e| e.to_string())?;
         }
     }
-    let get = |n: &str| extra.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |n: &str| {
+        extra
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
 
     let level = match get("log_level").to_ascii_lowercase().as_str() {
         "error" => log::LevelFilter::Error,
@@ -185,7 +200,11 @@ fn run() -> Result<(), String> {
         "info" => log::LevelFilter::Info,
         "debug" => log::LevelFilter::Debug,
         "trace" => log::LevelFilter::Trace,
-        other => return Err(format!("option `log_level`: expected error, warn, info, debug or trace, got {other:?}")),
+        other => {
+            return Err(format!(
+                "option `log_level`: expected error, warn, info, debug or trace, got {other:?}"
+            ))
+        }
     };
     log::set_boxed_logger(Box::new(StderrLogger)).map_err(|e| e.to_string())?;
     log::set_max_level(level);
@@ -193,7 +212,11 @@ fn run() -> Result<(), String> {
     let mode = match get("mode").as_str() {
         "echo" => Mode::Echo,
         "broadcast" => Mode::Broadcast,
-        other => return Err(format!("option `mode`: expected `echo` or `broadcast`, got {other:?}")),
+        other => {
+            return Err(format!(
+                "option `mode`: expected `echo` or `broadcast`, got {other:?}"
+            ))
+        }
     };
     let prefix = match get("prefix").as_str() {
         "" => String::new(),
@@ -306,7 +329,9 @@ impl log::Log for StderrLogger {
 }
 
 fn utc_now() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

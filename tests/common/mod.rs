@@ -89,7 +89,11 @@ impl TestServer {
         Self::start_with(pairs, true, None)
     }
 
-    pub fn start_with(pairs: &[(&str, &str)], echo: bool, on_upgrade: Option<Box<UpgradeFn>>) -> TestServer {
+    pub fn start_with(
+        pairs: &[(&str, &str)],
+        echo: bool,
+        on_upgrade: Option<Box<UpgradeFn>>,
+    ) -> TestServer {
         let (tx, rx) = mpsc::channel();
         let handler = Recorder {
             echo,
@@ -163,7 +167,11 @@ pub fn read_head(s: &mut TcpStream) -> (u16, String) {
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         let n = s.read(&mut b).expect("read response head");
-        assert!(n == 1, "connection closed before the response head ended: {:?}", String::from_utf8_lossy(&head));
+        assert!(
+            n == 1,
+            "connection closed before the response head ended: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(b[0]);
     }
     let text = String::from_utf8(head).unwrap();
@@ -271,7 +279,8 @@ pub type Client = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<Tcp
 
 /// An independent client (tungstenite).
 pub fn client(addr: SocketAddr, path: &str) -> Client {
-    let (ws, _resp) = tungstenite::connect(format!("ws://{addr}{path}")).expect("tungstenite connects");
+    let (ws, _resp) =
+        tungstenite::connect(format!("ws://{addr}{path}")).expect("tungstenite connects");
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(WAIT)).unwrap();
     }
