@@ -493,6 +493,12 @@ impl Options {
                 ),
             });
         }
+        if self.proxy_protocol != ProxyProtocol::Off && self.trusted_proxies.is_empty() {
+            return Err(OptionError {
+                option: "trusted_proxies".into(),
+                message: "proxy_protocol is on, so trusted_proxies must name the load balancers allowed to send PROXY headers (e.g. 10.0.0.0/8 for the VPC, or 0.0.0.0/0,::/0 to trust any source)".into(),
+            });
+        }
         Ok(())
     }
 
@@ -689,6 +695,11 @@ mod tests {
         o.validate().unwrap();
         o.set("max_frame_size", "32MiB").unwrap();
         assert_eq!(o.validate().unwrap_err().option, "max_frame_size");
+        let mut o = Options::default();
+        o.set("proxy_protocol", "v2").unwrap();
+        assert_eq!(o.validate().unwrap_err().option, "trusted_proxies");
+        o.set("trusted_proxies", "10.0.0.0/8").unwrap();
+        o.validate().unwrap();
     }
 
     #[test]
