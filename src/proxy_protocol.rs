@@ -720,7 +720,7 @@ mod tests {
             );
         }
         let mut long = b"PROXY UNKNOWN ".to_vec();
-        long.extend(std::iter::repeat(b'x').take(100));
+        long.extend(std::iter::repeat_n(b'x', 100));
         assert_eq!(err(Versions::Any, &long), ProxyError::V1TooLong);
         long.extend_from_slice(b"\r\n");
         assert_eq!(err(Versions::Any, &long), ProxyError::V1TooLong);
