@@ -118,6 +118,8 @@ struct OpenInfo {
     path: String,
     query: Option<String>,
     subprotocol: Option<String>,
+    /// The upgrade request's headers, kept only while `on_open` runs.
+    headers: Vec<(String, String)>,
 }
 
 /// Cork buffers grow for big messages; give the memory back past this.
@@ -630,6 +632,7 @@ impl Core {
             path: request.path.clone(),
             query: request.query.clone(),
             subprotocol,
+            headers: request.headers.clone(),
         }));
         self.opened = true;
         self.deadline = None;
@@ -639,6 +642,9 @@ impl Core {
         ctx.stats.open.fetch_add(1, Ordering::Relaxed);
         let handler = ctx.handler.clone();
         handler.on_open(&mut Conn { core: self, ctx });
+        if let Some(info) = self.info.as_mut() {
+            info.headers = Vec::new();
+        }
         Input::Frames(Decoder::new(message::Limits {
             max_frame_size: ctx.shared.opts.max_frame_size,
             max_message_size: ctx.shared.opts.max_message_size,
@@ -991,6 +997,11 @@ impl Conn<'_> {
             .info
             .as_ref()
             .and_then(|i| i.subprotocol.as_deref())
+    }
+    /// The upgrade request's headers; available during `on_open` only (empty afterwards,
+    /// so open connections don't hold them).
+    pub fn request_headers(&self) -> &[(String, String)] {
+        self.core.info.as_ref().map_or(&[], |i| &i.headers)
     }
     pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
         match msg {

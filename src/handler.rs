@@ -188,4 +188,9 @@ pub trait Handler: Send + Sync + 'static {
     fn on_drain(&self, _conn: &mut Conn<'_>) {}
     /// The connection is gone; sends from here return `Gone`. Called once per opened connection.
     fn on_close(&self, _conn: &mut Conn<'_>, _info: &CloseInfo) {}
+    /// While true, workers stop reading from sockets (a host that cannot keep up, e.g. a full
+    /// event queue); call `ServerHandle::resume_reading` when it becomes false again.
+    fn reading_paused(&self) -> bool {
+        false
+    }
 }

@@ -35,6 +35,8 @@ pub mod proxy_protocol;
 #[forbid(unsafe_code)]
 mod connection;
 #[forbid(unsafe_code)]
+pub mod event_queue;
+#[forbid(unsafe_code)]
 mod handler;
 #[forbid(unsafe_code)]
 mod options;
@@ -46,6 +48,9 @@ mod server;
 mod topics;
 #[forbid(unsafe_code)]
 mod worker;
+
+/// The C ABI (`include/wsrt.h`); the only other place with `unsafe`.
+pub mod ffi;
 
 /// OS calls ws-echo and hosts need (signals, fd limit); the only `unsafe` outside the C ABI.
 pub mod os;

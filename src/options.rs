@@ -52,6 +52,7 @@ pub struct Options {
     pub proxy_header_timeout: Duration,
     pub proxy_max_header_bytes: usize,
     pub trusted_proxies: TrustedNetworks,
+    pub max_queued_events: usize,
 }
 
 /// A rejected option: names the option and says what it accepts.
@@ -334,6 +335,17 @@ pub static OPTIONS: &[OptionSpec] = &[
         get: |o| fmt_duration(o.drain_window),
     },
     OptionSpec {
+        name: "max_queued_events",
+        kind: "integer",
+        default: "10000",
+        doc: "Event-queue hosts (C ABI poll, bindings): events held before workers stop reading until the host polls.",
+        set: |o, v| {
+            o.max_queued_events = parse_int(v, 16, 10_000_000)? as usize;
+            Ok(())
+        },
+        get: |o| o.max_queued_events.to_string(),
+    },
+    OptionSpec {
         name: "proxy_protocol",
         kind: "off|v1|v2|any",
         default: "off",
@@ -424,6 +436,7 @@ impl Default for Options {
             proxy_header_timeout: Duration::ZERO,
             proxy_max_header_bytes: 0,
             trusted_proxies: TrustedNetworks::default(),
+            max_queued_events: 0,
         };
         for spec in OPTIONS {
             (spec.set)(&mut o, spec.default).expect("option table default must parse");

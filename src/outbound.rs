@@ -8,6 +8,8 @@ use std::sync::Arc;
 pub(crate) enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// A host's buffer, sent without a copy and released when written (or dropped).
+    External(Box<dyn AsRef<[u8]> + Send>),
 }
 
 impl Chunk {
@@ -15,6 +17,7 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(a) => a,
+            Chunk::External(e) => (**e).as_ref(),
         }
     }
 }

@@ -94,6 +94,17 @@ pub(crate) enum Cmd {
     Shutdown {
         started: Instant,
     },
+    /// A host buffer sent without a copy: the frame header, then the payload.
+    SendExternal {
+        id: ConnId,
+        header: Vec<u8>,
+        payload: Box<dyn AsRef<[u8]> + Send>,
+    },
+    SetData {
+        id: ConnId,
+        data: Box<dyn std::any::Any + Send>,
+    },
+    ResumeReading,
 }
 
 /// Counters of one worker; only that worker writes them.
@@ -363,16 +374,50 @@ impl ServerHandle {
     }
 
     fn send_frame(&self, id: ConnId, frame: Vec<u8>) -> SendStatus {
-        let Some(w) = self.worker(id) else {
-            return SendStatus::Gone;
-        };
-        let Some(conn) = w.lookup(id) else {
-            return SendStatus::Gone;
-        };
-        if !conn.open.load(Ordering::Acquire) {
-            return SendStatus::Gone;
+        match self.admit(id, frame.len()) {
+            Ok((w, status)) if w.send(Cmd::Send { id, frame }) => status,
+            Ok(_) => SendStatus::Gone,
+            Err(status) => status,
         }
-        let len = frame.len();
+    }
+
+    /// Send a host-owned buffer without copying it: `payload` is written from where it is
+    /// and dropped (released) once written, or when the connection is gone.
+    pub fn send_external(
+        &self,
+        id: ConnId,
+        text: bool,
+        payload: Box<dyn AsRef<[u8]> + Send>,
+    ) -> SendStatus {
+        let len = (*payload).as_ref().len();
+        let mut header = [0u8; frame::MAX_HEADER_LEN];
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        let hlen = frame::encode_header(&mut header, true, false, op, len as u64, None);
+        match self.admit(id, hlen + len) {
+            Ok((w, status)) => {
+                let header = header[..hlen].to_vec();
+                if w.send(Cmd::SendExternal {
+                    id,
+                    header,
+                    payload,
+                }) {
+                    status
+                } else {
+                    SendStatus::Gone
+                }
+            }
+            Err(status) => status,
+        }
+    }
+
+    /// Cross-thread admission of `len` bytes for `id`: the connection must be open and its
+    /// queue under `max_backpressure` (else the policy applies). Ok counts the bytes as queued.
+    fn admit(&self, id: ConnId, len: usize) -> Result<(&WorkerRef, SendStatus), SendStatus> {
+        let w = self.worker(id).ok_or(SendStatus::Gone)?;
+        let conn = w.lookup(id).ok_or(SendStatus::Gone)?;
+        if !conn.open.load(Ordering::Acquire) {
+            return Err(SendStatus::Gone);
+        }
         let queued = conn.queued.load(Ordering::Relaxed);
         if queued > 0 && queued + len > self.shared.opts.max_backpressure {
             w.stats.backpressure_dropped.fetch_add(1, Ordering::Relaxed);
@@ -383,7 +428,7 @@ impl ServerHandle {
                     reason: "backpressure limit exceeded".into(),
                 });
             }
-            return SendStatus::Dropped;
+            return Err(SendStatus::Dropped);
         }
         conn.queued.fetch_add(len, Ordering::Relaxed);
         let status = if conn.blocked.load(Ordering::Relaxed) {
@@ -391,10 +436,34 @@ impl ServerHandle {
         } else {
             SendStatus::Sent
         };
-        if !w.send(Cmd::Send { id, frame }) {
-            return SendStatus::Gone;
+        Ok((w, status))
+    }
+
+    /// Attach host data to a connection; it is dropped when the connection is gone (or at
+    /// once, on a worker thread, if the connection closed meanwhile). Err gives it back when
+    /// the connection is already gone.
+    pub fn set_data(
+        &self,
+        id: ConnId,
+        data: Box<dyn std::any::Any + Send>,
+    ) -> Result<(), Box<dyn std::any::Any + Send>> {
+        if self.lookup(id).is_none() {
+            return Err(data);
         }
-        status
+        match self.worker(id) {
+            Some(w) => {
+                w.send(Cmd::SetData { id, data });
+                Ok(())
+            }
+            None => Err(data),
+        }
+    }
+
+    /// Workers read from sockets again after `Handler::reading_paused` turned false.
+    pub fn resume_reading(&self) {
+        for w in &self.shared.workers {
+            w.send(Cmd::ResumeReading);
+        }
     }
 
     /// Ping a connection (payload up to 125 bytes).

@@ -58,6 +58,8 @@ pub(crate) struct Worker {
     accept_backoff: Duration,
     shutdown: Option<ShutdownPlan>,
     scratch: Vec<ConnId>,
+    /// Connections not read because `Handler::reading_paused` said so.
+    paused: Vec<usize>,
 }
 
 impl Worker {
@@ -94,6 +96,7 @@ impl Worker {
             accept_backoff: Duration::from_millis(10),
             shutdown: None,
             scratch: Vec::new(),
+            paused: Vec::new(),
         }
     }
 
@@ -298,6 +301,15 @@ impl Worker {
                 return;
             };
             if slot.state.core().read_paused || slot.state.core().finish != Finish::No {
+                exhausted = false;
+                break;
+            }
+            if self.ctx.handler.reading_paused() {
+                // The host can't take more events: leave the bytes in the kernel (TCP flow
+                // control slows the client) until it asks to resume.
+                if !self.paused.contains(&k) {
+                    self.paused.push(k);
+                }
                 exhausted = false;
                 break;
             }
@@ -544,6 +556,26 @@ impl Worker {
                 self.flush_slot(k);
             }
             Cmd::Shutdown { started } => self.begin_shutdown(started),
+            Cmd::SendExternal {
+                id,
+                header,
+                payload,
+            } => {
+                let k = id.slot();
+                if let Some(slot) = self.conns.get_mut(k).filter(|s| s.state.core().id == id) {
+                    let core = slot.state.core_mut();
+                    let len = header.len() + (*payload).as_ref().len();
+                    if core.shared.open.load(Ordering::Acquire) {
+                        self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                        core.enqueue_frame(Chunk::Owned(header), &mut self.ctx);
+                        core.enqueue_frame(Chunk::External(payload), &mut self.ctx);
+                    } else {
+                        core.shared.queued.fetch_sub(len, Ordering::Relaxed);
+                    }
+                }
+            }
+            Cmd::SetData { id, data } => self.with_conn(id, |mut c| c.set_data(data)),
+            Cmd::ResumeReading => self.ctx.resume.append(&mut self.paused),
         }
     }
 
