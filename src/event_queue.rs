@@ -125,6 +125,11 @@ impl EventQueue {
         self.len() == 0
     }
 
+    /// Workers are holding off reading because the queue is full.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
