@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::deflate::{self, Deflater, InflateError, Inflater};
 use crate::frame::{self, OpCode};
 use crate::handler::{
     Accept, CloseInfo, ConnId, Decision, Handler, HttpRequest, Message, Reject, SendStatus,
@@ -31,6 +32,9 @@ pub(crate) struct ConnShared {
     pub open: AtomicBool,
     /// Bytes waiting: in the worker's inbox plus in the outbound queue.
     pub queued: AtomicUsize,
+    /// permessage-deflate was negotiated (sends from other threads are compressed by the
+    /// worker).
+    pub compressed: AtomicBool,
     /// The last flush could not write everything (a drain event will follow).
     pub blocked: AtomicBool,
 }
@@ -49,6 +53,58 @@ pub(crate) struct Ctx {
     /// Slots whose reading was paused and must be resumed (read attempted) now.
     pub resume: Vec<usize>,
     pub topics: Topics,
+    pub zip: WorkerDeflate,
+}
+
+/// Worker-wide deflate state: scratch buffers, and the contexts shared by every connection
+/// that negotiated no context takeover (so those hold no deflate memory of their own).
+#[derive(Default)]
+pub(crate) struct WorkerDeflate {
+    out: Vec<u8>,
+    inflated: Vec<u8>,
+    deflaters: Vec<(u8, Deflater)>,
+    inflater: Option<Inflater>,
+}
+
+/// A connection's permessage-deflate: the agreed parameters and, with context takeover,
+/// its own contexts (created on first use).
+struct ConnDeflate {
+    params: deflate::Params,
+    deflater: Option<Deflater>,
+    inflater: Option<Inflater>,
+}
+
+/// Scratch buffers above this are released after use.
+const ZIP_KEEP: usize = 1 << 20;
+
+impl WorkerDeflate {
+    /// Compress `payload` for a connection (its own context, or the worker's shared one).
+    fn compress(&mut self, d: &mut ConnDeflate, level: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.out);
+        let bits = d.params.server_window_bits;
+        if d.params.server_no_context_takeover {
+            let i = match self.deflaters.iter().position(|(b, _)| *b == bits) {
+                Some(i) => i,
+                None => {
+                    self.deflaters.push((bits, Deflater::new(level, bits)));
+                    self.deflaters.len() - 1
+                }
+            };
+            self.deflaters[i].1.compress(payload, &mut out, true);
+        } else {
+            d.deflater
+                .get_or_insert_with(|| Deflater::new(level, bits))
+                .compress(payload, &mut out, false);
+        }
+        out
+    }
+
+    fn give_back_out(&mut self, mut out: Vec<u8>) {
+        if out.capacity() <= ZIP_KEEP {
+            out.clear();
+            self.out = out;
+        }
+    }
 }
 
 enum Input {
@@ -112,6 +168,7 @@ pub(crate) struct Core {
     first_read: bool,
     topics: Vec<Arc<str>>,
     user_data: Option<Box<dyn Any + Send>>,
+    deflate: Option<Box<ConnDeflate>>,
 }
 
 struct OpenInfo {
@@ -163,6 +220,7 @@ impl ConnState {
                 first_read: true,
                 topics: Vec::new(),
                 user_data: None,
+                deflate: None,
             },
             input,
         }
@@ -605,7 +663,13 @@ impl Core {
             }
             None => upgrade.subprotocol,
         };
-        let headers: Vec<_> = accept
+        let negotiated = ctx
+            .shared
+            .opts
+            .compression_config()
+            .zip(upgrade.extensions.as_deref())
+            .and_then(|(cfg, offers)| deflate::negotiate(offers, &cfg));
+        let mut headers: Vec<_> = accept
             .headers
             .into_iter()
             .filter(|(k, v)| {
@@ -619,6 +683,16 @@ impl Core {
                 ok
             })
             .collect();
+        if let Some((params, value)) = negotiated {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("Sec-WebSocket-Extensions"));
+            headers.push(("Sec-WebSocket-Extensions".into(), value));
+            self.deflate = Some(Box::new(ConnDeflate {
+                params,
+                deflater: None,
+                inflater: None,
+            }));
+            self.shared.compressed.store(true, Ordering::Release);
+        }
         let mut response = Vec::with_capacity(160);
         handshake::write_accept(
             &mut response,
@@ -648,7 +722,7 @@ impl Core {
         Input::Frames(Decoder::new(message::Limits {
             max_frame_size: ctx.shared.opts.max_frame_size,
             max_message_size: ctx.shared.opts.max_message_size,
-            allow_rsv1: false,
+            allow_rsv1: self.deflate.is_some(),
         }))
     }
 
@@ -687,6 +761,54 @@ impl Core {
 
     fn on_event(&mut self, ev: Event<'_>, ctx: &mut Ctx) {
         match ev {
+            Event::Message {
+                text,
+                compressed: true,
+                data,
+            } => {
+                if self.close_sent {
+                    return;
+                }
+                let Some(d) = self.deflate.as_mut() else {
+                    return self.fail(
+                        protocol_error(1002, "RSV1 set without permessage-deflate"),
+                        ctx,
+                    );
+                };
+                let mut out = std::mem::take(&mut ctx.zip.inflated);
+                let limit = ctx.shared.opts.max_message_size;
+                let res = if d.params.client_no_context_takeover {
+                    ctx.zip
+                        .inflater
+                        .get_or_insert_with(Inflater::default)
+                        .inflate(data, limit, &mut out, true)
+                } else {
+                    d.inflater
+                        .get_or_insert_with(Inflater::default)
+                        .inflate(data, limit, &mut out, false)
+                };
+                match res {
+                    Ok(()) => self.on_event(
+                        Event::Message {
+                            text,
+                            compressed: false,
+                            data: &out,
+                        },
+                        ctx,
+                    ),
+                    Err(InflateError::TooBig) => self.fail(
+                        protocol_error(1009, "message too big (after inflating)"),
+                        ctx,
+                    ),
+                    Err(InflateError::Invalid) => {
+                        self.fail(protocol_error(1007, "invalid compressed data"), ctx)
+                    }
+                }
+                if out.capacity() <= ZIP_KEEP {
+                    out.clear();
+                    ctx.zip.inflated = out;
+                }
+            }
             Event::Message { text, data, .. } => {
                 if self.close_sent {
                     return;
@@ -696,13 +818,7 @@ impl Core {
                     match std::str::from_utf8(data) {
                         Ok(s) => Message::Text(s),
                         Err(_) => {
-                            self.fail(
-                                message::ProtocolError {
-                                    close_code: 1007,
-                                    reason: "invalid UTF-8 in text message",
-                                },
-                                ctx,
-                            );
+                            self.fail(protocol_error(1007, "invalid UTF-8 in text message"), ctx);
                             return;
                         }
                     }
@@ -832,9 +948,45 @@ impl Core {
         control: bool,
         ctx: &mut Ctx,
     ) -> SendStatus {
+        if !control && payload.len() >= ctx.shared.opts.compression_threshold {
+            if let Some(d) = self.deflate.as_mut() {
+                let compressed = ctx
+                    .zip
+                    .compress(d, ctx.shared.opts.compression_level, payload);
+                let status = self.send_frame_raw(opcode, true, &compressed, control, ctx);
+                ctx.zip.give_back_out(compressed);
+                return status;
+            }
+        }
+        self.send_frame_raw(opcode, false, payload, control, ctx)
+    }
+
+    /// A data message that arrived as a complete (uncompressed) frame from another thread:
+    /// compressed here if negotiated, else queued as it is. Its bytes are counted in `queued`.
+    pub fn send_prepared(&mut self, frame: Chunk, ctx: &mut Ctx) {
+        if self.deflate.is_some() {
+            let bytes = frame.bytes();
+            if let Some((opcode, payload)) = frame::split_server_frame(bytes) {
+                self.shared.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                self.send_frame(opcode, payload, false, ctx);
+                return;
+            }
+        }
+        ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.enqueue_frame(frame, ctx);
+    }
+
+    fn send_frame_raw(
+        &mut self,
+        opcode: OpCode,
+        rsv1: bool,
+        payload: &[u8],
+        control: bool,
+        ctx: &mut Ctx,
+    ) -> SendStatus {
         let mut header = [0u8; frame::MAX_HEADER_LEN];
         let hlen =
-            frame::encode_header(&mut header, true, false, opcode, payload.len() as u64, None);
+            frame::encode_header(&mut header, true, rsv1, opcode, payload.len() as u64, None);
         let len = hlen + payload.len();
         if !control {
             if !self.opened || self.close_sent {
@@ -864,10 +1016,58 @@ impl Core {
     }
 
     /// A frame shared by a publish or broadcast (encoded once for every connection).
-    pub fn send_shared(&mut self, frame: &Arc<[u8]>, ctx: &mut Ctx) -> SendStatus {
+    /// Send a frame shared by a publish or broadcast. Connections that compress without
+    /// server context takeover share one compressed frame per window size (`cache`, kept by
+    /// the caller for the duration of one publish); with context takeover each connection's
+    /// bytes differ, so it compresses its own.
+    pub fn send_shared(
+        &mut self,
+        frame: &Arc<[u8]>,
+        cache: &mut Vec<(u8, Arc<[u8]>)>,
+        ctx: &mut Ctx,
+    ) -> SendStatus {
         if !self.opened || self.close_sent {
             return SendStatus::Gone;
         }
+        if let Some(d) = self.deflate.as_mut() {
+            if let Some((opcode, payload)) = frame::split_server_frame(frame) {
+                if payload.len() >= ctx.shared.opts.compression_threshold {
+                    if !d.params.server_no_context_takeover {
+                        return self.send_frame(opcode, payload, false, ctx);
+                    }
+                    let bits = d.params.server_window_bits;
+                    let shared = match cache.iter().find(|(b, _)| *b == bits) {
+                        Some((_, f)) => f.clone(),
+                        None => {
+                            let compressed =
+                                ctx.zip
+                                    .compress(d, ctx.shared.opts.compression_level, payload);
+                            let mut header = [0u8; frame::MAX_HEADER_LEN];
+                            let hlen = frame::encode_header(
+                                &mut header,
+                                true,
+                                true,
+                                opcode,
+                                compressed.len() as u64,
+                                None,
+                            );
+                            let mut v = Vec::with_capacity(hlen + compressed.len());
+                            v.extend_from_slice(&header[..hlen]);
+                            v.extend_from_slice(&compressed);
+                            ctx.zip.give_back_out(compressed);
+                            let f: Arc<[u8]> = Arc::from(v);
+                            cache.push((bits, f.clone()));
+                            f
+                        }
+                    };
+                    return self.enqueue_shared(&shared, ctx);
+                }
+            }
+        }
+        self.enqueue_shared(frame, ctx)
+    }
+
+    fn enqueue_shared(&mut self, frame: &Arc<[u8]>, ctx: &mut Ctx) -> SendStatus {
         if !self.admit(frame.len(), ctx) {
             return SendStatus::Dropped;
         }
@@ -937,6 +1137,10 @@ impl Core {
     pub fn is_open(&self) -> bool {
         self.opened
     }
+}
+
+fn protocol_error(close_code: u16, reason: &'static str) -> message::ProtocolError {
+    message::ProtocolError { close_code, reason }
 }
 
 fn host_rejection(reject: Reject, remote: SocketAddr, path: &str) -> Rejection {

@@ -107,6 +107,28 @@ pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// The opcode and payload of an unmasked, unfragmented frame built by `encode_frame`
+/// (used to re-encode a frame for a connection that compresses). None if it isn't one.
+pub fn split_server_frame(frame: &[u8]) -> Option<(OpCode, &[u8])> {
+    let (&b0, &b1) = (frame.first()?, frame.get(1)?);
+    if b0 & 0xF0 != 0x80 || b1 & 0x80 != 0 {
+        return None;
+    }
+    let opcode = OpCode::from_u8(b0 & 0x0F)?;
+    let (start, len) = match b1 & 0x7F {
+        126 => (
+            4,
+            u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(frame.get(2..10)?.try_into().ok()?) as usize,
+        ),
+        n => (2, n as usize),
+    };
+    (frame.len() == start + len).then(|| (opcode, &frame[start..]))
+}
+
 /// Valid close codes a peer may send: 1000–1003, 1007–1014, 3000–4999.
 pub fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)

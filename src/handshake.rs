@@ -287,7 +287,7 @@ pub struct Upgrade {
     /// The first of the server's subprotocols (in server order) that the client offered.
     pub subprotocol: Option<String>,
     pub origin: Option<String>,
-    /// Raw Sec-WebSocket-Extensions.
+    /// Every Sec-WebSocket-Extensions line, joined with ", ".
     pub extensions: Option<String>,
 }
 
@@ -442,7 +442,15 @@ pub fn route(req: &Request, policy: &Policy) -> Result<Route, Rejection> {
         offered_protocols: offered,
         subprotocol,
         origin: origin.map(String::from),
-        extensions: req.header("Sec-WebSocket-Extensions").map(String::from),
+        extensions: {
+            let all: Vec<&str> = req
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            (!all.is_empty()).then(|| all.join(", "))
+        },
     }))
 }
 

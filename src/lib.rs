@@ -22,6 +22,8 @@
 //! ```
 
 #[forbid(unsafe_code)]
+pub mod deflate;
+#[forbid(unsafe_code)]
 pub mod frame;
 #[forbid(unsafe_code)]
 pub mod handshake;

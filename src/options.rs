@@ -53,6 +53,12 @@ pub struct Options {
     pub proxy_max_header_bytes: usize,
     pub trusted_proxies: TrustedNetworks,
     pub max_queued_events: usize,
+    pub compression: bool,
+    pub compression_level: u32,
+    pub compression_window_bits: u8,
+    /// (server, client)
+    pub compression_no_context_takeover: (bool, bool),
+    pub compression_threshold: usize,
 }
 
 /// A rejected option: names the option and says what it accepts.
@@ -335,6 +341,78 @@ pub static OPTIONS: &[OptionSpec] = &[
         get: |o| fmt_duration(o.drain_window),
     },
     OptionSpec {
+        name: "compression",
+        kind: "off|on",
+        default: "off",
+        doc: "permessage-deflate (RFC 7692): `on` accepts it when the client offers it.",
+        set: |o, v| {
+            o.compression = match v.trim().to_ascii_lowercase().as_str() {
+                "off" | "false" | "0" => false,
+                "on" | "true" | "1" => true,
+                _ => return Err(format!("expected `off` or `on`, got {v:?}")),
+            };
+            Ok(())
+        },
+        get: |o| if o.compression { "on".into() } else { "off".into() },
+    },
+    OptionSpec {
+        name: "compression_level",
+        kind: "integer",
+        default: "1",
+        doc: "Deflate level, 0 (store) to 9 (smallest); 1 is fastest.",
+        set: |o, v| {
+            o.compression_level = parse_int(v, 0, 9)? as u32;
+            Ok(())
+        },
+        get: |o| o.compression_level.to_string(),
+    },
+    OptionSpec {
+        name: "compression_window_bits",
+        kind: "integer",
+        default: "15",
+        doc: "Largest compression window we use (server_max_window_bits), 9..=15; smaller saves memory per connection.",
+        set: |o, v| {
+            o.compression_window_bits = parse_int(v, 9, 15)? as u8;
+            Ok(())
+        },
+        get: |o| o.compression_window_bits.to_string(),
+    },
+    OptionSpec {
+        name: "compression_no_context_takeover",
+        kind: "list",
+        default: "",
+        doc: "`server`, `client` or both: reset that side's context after each message (no per-connection deflate state; smaller memory, larger messages).",
+        set: |o, v| {
+            let (mut server, mut client) = (false, false);
+            for item in parse_list(v) {
+                match item.to_ascii_lowercase().as_str() {
+                    "server" => server = true,
+                    "client" => client = true,
+                    _ => return Err(format!("expected `server`, `client` or `server,client`, got {v:?}")),
+                }
+            }
+            o.compression_no_context_takeover = (server, client);
+            Ok(())
+        },
+        get: |o| match o.compression_no_context_takeover {
+            (true, true) => "server,client".into(),
+            (true, false) => "server".into(),
+            (false, true) => "client".into(),
+            (false, false) => String::new(),
+        },
+    },
+    OptionSpec {
+        name: "compression_threshold",
+        kind: "size",
+        default: "64",
+        doc: "Messages smaller than this are sent uncompressed.",
+        set: |o, v| {
+            o.compression_threshold = parse_size(v, 0, GIB)?;
+            Ok(())
+        },
+        get: |o| fmt_size(o.compression_threshold),
+    },
+    OptionSpec {
         name: "max_queued_events",
         kind: "integer",
         default: "10000",
@@ -437,6 +515,11 @@ impl Default for Options {
             proxy_max_header_bytes: 0,
             trusted_proxies: TrustedNetworks::default(),
             max_queued_events: 0,
+            compression: false,
+            compression_level: 0,
+            compression_window_bits: 15,
+            compression_no_context_takeover: (false, false),
+            compression_threshold: 0,
         };
         for spec in OPTIONS {
             (spec.set)(&mut o, spec.default).expect("option table default must parse");
@@ -513,6 +596,17 @@ impl Options {
             });
         }
         Ok(())
+    }
+
+    /// The permessage-deflate settings, when compression is on.
+    pub fn compression_config(&self) -> Option<crate::deflate::Config> {
+        self.compression.then_some(crate::deflate::Config {
+            level: self.compression_level,
+            window_bits: self.compression_window_bits,
+            server_no_context_takeover: self.compression_no_context_takeover.0,
+            client_no_context_takeover: self.compression_no_context_takeover.1,
+            threshold: self.compression_threshold,
+        })
     }
 
     /// Worker count with 0 resolved to the available cores.

@@ -13,7 +13,7 @@ pub(crate) enum Chunk {
 }
 
 impl Chunk {
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(a) => a,

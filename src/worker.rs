@@ -90,6 +90,7 @@ impl Worker {
                 dirty: Vec::new(),
                 resume: Vec::new(),
                 topics: Topics::default(),
+                zip: Default::default(),
             },
             generation: 0,
             accept_paused_until: None,
@@ -261,6 +262,7 @@ impl Worker {
             id,
             open: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
+            compressed: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
         });
         {
@@ -503,8 +505,7 @@ impl Worker {
                     Some(slot) if slot.state.core().is_open() => {
                         let core = slot.state.core_mut();
                         if core.shared.open.load(Ordering::Acquire) {
-                            self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                            core.enqueue_frame(Chunk::Owned(frame), &mut self.ctx);
+                            core.send_prepared(Chunk::Owned(frame), &mut self.ctx);
                         } else {
                             core.shared.queued.fetch_sub(len, Ordering::Relaxed);
                         }
@@ -530,17 +531,23 @@ impl Worker {
                 self.scratch.clear();
                 self.scratch
                     .extend_from_slice(self.ctx.topics.members(&topic));
+                let mut cache = Vec::new();
                 for i in 0..self.scratch.len() {
                     let id = self.scratch[i];
                     if let Some(slot) = self.conns.get_mut(id.slot()) {
-                        slot.state.core_mut().send_shared(&frame, &mut self.ctx);
+                        slot.state
+                            .core_mut()
+                            .send_shared(&frame, &mut cache, &mut self.ctx);
                     }
                 }
             }
             Cmd::Broadcast { frame } => {
+                let mut cache = Vec::new();
                 for (_, slot) in self.conns.iter_mut() {
                     if slot.state.core().is_open() {
-                        slot.state.core_mut().send_shared(&frame, &mut self.ctx);
+                        slot.state
+                            .core_mut()
+                            .send_shared(&frame, &mut cache, &mut self.ctx);
                     }
                 }
             }
