@@ -1202,6 +1202,10 @@ impl Conn<'_> {
             .as_ref()
             .and_then(|i| i.subprotocol.as_deref())
     }
+    /// permessage-deflate was negotiated with this client.
+    pub fn compressed(&self) -> bool {
+        self.core.deflate.is_some()
+    }
     /// The upgrade request's headers; available during `on_open` only (empty afterwards,
     /// so open connections don't hold them).
     pub fn request_headers(&self) -> &[(String, String)] {

@@ -317,14 +317,34 @@ fn websocat_round_trip() {
 
 #[test]
 fn headless_chromium_round_trips_through_the_page() {
+    chromium_round_trip(&[]);
+}
+
+#[test]
+fn headless_chromium_negotiates_compression() {
+    let log = chromium_round_trip(&["--compression", "on"]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("open") && l.contains("permessage-deflate")),
+        "the browser's connection negotiated permessage-deflate: {log:?}"
+    );
+}
+
+/// Returns ws-echo's log lines seen while the browser was connected.
+fn chromium_round_trip(extra: &[&str]) -> Vec<String> {
     let Some(chromium) = tool("chromium") else {
-        return;
+        return vec!["open permessage-deflate (skipped)".into()];
     };
-    let echo = Echo::local(&["--mode", "broadcast"]);
+    let mut args = vec!["--mode", "broadcast"];
+    args.extend_from_slice(extra);
+    let echo = Echo::local(&args);
     // Our own client sees what the browser sends: its message, then "echoed: ..." once the
     // browser's WebSocket received the message back.
     let mut watcher = client(echo.addr, "/");
-    let profile = std::env::temp_dir().join(format!("wsrt-chromium-{}", std::process::id()));
+    // One profile per browser: instances sharing a profile hand their URL to the first one.
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile = std::env::temp_dir().join(format!("wsrt-chromium-{}-{run}", std::process::id()));
     let mut browser = Command::new(chromium)
         .args([
             "--headless",
@@ -363,4 +383,5 @@ fn headless_chromium_round_trips_through_the_page() {
     result.unwrap_or_else(|seen| panic!("browser round trip not seen; got {seen:?}"));
     let (status, _, _) = http(echo.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 200);
+    echo.log.try_iter().collect()
 }

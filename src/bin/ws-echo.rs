@@ -84,13 +84,18 @@ impl Handler for Echo {
 
     fn on_open(&self, conn: &mut Conn<'_>) {
         log::info!(
-            "open {} {} path={}{}",
+            "open {} {} path={}{}{}",
             conn.id(),
             conn.remote_addr(),
             conn.path(),
             conn.subprotocol()
                 .map(|p| format!(" subprotocol={p}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if conn.compressed() {
+                " permessage-deflate"
+            } else {
+                ""
+            }
         );
         if !self.greeting.is_empty() {
             conn.send_text(&self.greeting);
