@@ -502,10 +502,11 @@ impl Core {
     /// A complete request: answer it or move to the frame phase.
     fn on_request(&mut self, request: Request, early: &mut [u8], ctx: &mut Ctx) -> Input {
         let opts = &ctx.shared.opts;
-        let forwarded = crate::net_trust::client_address(
+        let forwarded = crate::net_trust::client_address_with(
             self.remote.ip(),
             &request.headers,
             &opts.trusted_proxies,
+            opts.forwarded_header,
         );
         if forwarded != self.remote.ip() {
             self.remote = SocketAddr::new(forwarded, 0);

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::net_trust::TrustedNetworks;
+use crate::net_trust::{ForwardedHeader, TrustedNetworks};
 use crate::proxy_protocol::Versions;
 
 /// What to do when a connection's outbound queue would exceed `max_backpressure`.
@@ -53,6 +53,7 @@ pub struct Options {
     pub proxy_max_header_bytes: usize,
     pub trusted_proxies: TrustedNetworks,
     pub max_queued_events: usize,
+    pub forwarded_header: ForwardedHeader,
     pub compression: bool,
     pub compression_level: u32,
     pub compression_window_bits: u8,
@@ -341,6 +342,28 @@ pub static OPTIONS: &[OptionSpec] = &[
         get: |o| fmt_duration(o.drain_window),
     },
     OptionSpec {
+        name: "forwarded_header",
+        kind: "x-forwarded-for|x-real-ip|forwarded|auto",
+        default: "x-forwarded-for",
+        doc: "The one forwarding header your proxy sets (read only from trusted_proxies). Name it: a proxy passes the other headers through from the client, so `auto` (Forwarded, else X-Forwarded-For, else X-Real-IP) can be spoofed.",
+        set: |o, v| {
+            o.forwarded_header = match v.trim().to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+                "x-real-ip" => ForwardedHeader::XRealIp,
+                "forwarded" => ForwardedHeader::Forwarded,
+                "auto" => ForwardedHeader::Auto,
+                _ => return Err(format!("expected x-forwarded-for, x-real-ip, forwarded or auto, got {v:?}")),
+            };
+            Ok(())
+        },
+        get: |o| match o.forwarded_header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for".into(),
+            ForwardedHeader::XRealIp => "x-real-ip".into(),
+            ForwardedHeader::Forwarded => "forwarded".into(),
+            ForwardedHeader::Auto => "auto".into(),
+        },
+    },
+    OptionSpec {
         name: "compression",
         kind: "off|on",
         default: "off",
@@ -515,6 +538,7 @@ impl Default for Options {
             proxy_max_header_bytes: 0,
             trusted_proxies: TrustedNetworks::default(),
             max_queued_events: 0,
+            forwarded_header: ForwardedHeader::Auto,
             compression: false,
             compression_level: 0,
             compression_window_bits: 15,

@@ -127,6 +127,26 @@ fn forwarding_headers_only_from_trusted_proxies() {
         "spoofed header ignored"
     );
 
+    // The proxy sets X-Forwarded-For; a client-sent Forwarded header must not win.
+    let srv = TestServer::start(&[("trusted_proxies", "127.0.0.1")]);
+    let mut s = tcp(srv.addr);
+    let both = "Forwarded: for=192.0.2.66\r\nX-Forwarded-For: 203.0.113.51\r\n";
+    s.write_all(upgrade_request("/", both).as_bytes()).unwrap();
+    assert_eq!(read_head(&mut s).0, 101);
+    assert!(
+        opened_remote(&srv).starts_with("203.0.113.51:"),
+        "forwarded_header names the one to read"
+    );
+
+    let srv = TestServer::start(&[
+        ("trusted_proxies", "127.0.0.1"),
+        ("forwarded_header", "forwarded"),
+    ]);
+    let mut s = tcp(srv.addr);
+    s.write_all(upgrade_request("/", both).as_bytes()).unwrap();
+    assert_eq!(read_head(&mut s).0, 101);
+    assert!(opened_remote(&srv).starts_with("192.0.2.66:"));
+
     let srv = TestServer::start(&[]);
     let mut s = tcp(srv.addr);
     s.write_all(upgrade_request("/", "Forwarded: for=192.0.2.60\r\n").as_bytes())
