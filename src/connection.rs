@@ -1301,3 +1301,141 @@ impl Conn<'_> {
         crate::server::ServerHandle::from_shared(self.ctx.shared.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven by hand: bytes and time in, bytes and timers out.
+    use super::*;
+    use crate::handler::Handler;
+    use crate::options::Options;
+    use crate::server::Shared;
+    use std::time::Duration;
+
+    struct Echo;
+    impl Handler for Echo {
+        fn on_message(&self, conn: &mut Conn<'_>, msg: Message<'_>) {
+            conn.send(msg);
+        }
+    }
+
+    fn ctx(opts: Options) -> (Ctx, mio::Poll) {
+        let (shared, poll) = Shared::for_tests(opts);
+        let stats = shared.workers[0].stats.clone();
+        let ctx = Ctx {
+            now: Instant::now(),
+            shared,
+            handler: Arc::new(Echo),
+            stats,
+            cork: Vec::new(),
+            cork_slot: None,
+            dirty: Vec::new(),
+            resume: Vec::new(),
+            topics: Topics::default(),
+            zip: WorkerDeflate::default(),
+        };
+        (ctx, poll)
+    }
+
+    fn conn(ctx: &Ctx) -> ConnState {
+        let id = ConnId::new(0, 0, 1);
+        let shared = Arc::new(ConnShared {
+            id,
+            open: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            compressed: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
+        });
+        ConnState::new(id, "127.0.0.1:5000".parse().unwrap(), shared, ctx)
+    }
+
+    /// Feed bytes as the worker does (cork on), then collect what it would write.
+    fn feed(c: &mut ConnState, ctx: &mut Ctx, bytes: &[u8]) -> Vec<u8> {
+        let mut data = bytes.to_vec();
+        ctx.cork_slot = Some(0);
+        c.on_read(&mut data, ctx);
+        let mut out = Vec::new();
+        c.core_mut().flush(&mut out, ctx).unwrap();
+        ctx.cork_slot = None;
+        out
+    }
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+        f.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+        );
+        f
+    }
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn handshake_echo_and_timers_without_a_socket_or_clock() {
+        let mut opts = Options::default();
+        opts.set("ping_interval", "30s").unwrap();
+        opts.set("idle_timeout", "120s").unwrap();
+        opts.set("handshake_timeout", "10s").unwrap();
+        let (mut ctx, _poll) = ctx(opts);
+        let start = ctx.now;
+        let mut c = conn(&ctx);
+        assert_eq!(
+            c.next_deadline(&ctx),
+            Some(start + Duration::from_secs(10)),
+            "handshake deadline"
+        );
+
+        // Request and a frame in one read: 101, then the echo, written together.
+        let mut input = REQUEST.to_vec();
+        input.extend(masked(1, b"hi"));
+        let out = feed(&mut c, &mut ctx, &input);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(out.ends_with(&[0x81, 2, b'h', b'i']));
+        assert_eq!(
+            c.next_deadline(&ctx),
+            Some(start + Duration::from_secs(30)),
+            "next: the ping"
+        );
+
+        // 30 s later the timer sends a ping; nothing else is due before the next one.
+        ctx.now = start + Duration::from_secs(30);
+        c.on_timer(&mut ctx);
+        let mut out = Vec::new();
+        c.core_mut().flush(&mut out, &mut ctx).unwrap();
+        assert_eq!(out, [0x89, 0]);
+        assert_eq!(c.next_deadline(&ctx), Some(start + Duration::from_secs(60)));
+
+        // Silent for 120 s: closed with 1001, then a close_timeout deadline applies.
+        ctx.now = start + Duration::from_secs(120);
+        c.on_timer(&mut ctx);
+        let mut out = Vec::new();
+        c.core_mut().flush(&mut out, &mut ctx).unwrap();
+        assert_eq!(
+            &out[..4],
+            &[0x88, 14, 0x03, 0xE9],
+            "close 1001 \"idle timeout\""
+        );
+        assert_eq!(
+            c.next_deadline(&ctx),
+            Some(ctx.now + Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_holds_no_buffers() {
+        let (mut ctx, _poll) = ctx(Options::default());
+        let mut c = conn(&ctx);
+        feed(&mut c, &mut ctx, REQUEST);
+        assert!(c.core().out.is_empty());
+        // The per-connection state itself (the slab entry) stays small.
+        let size = std::mem::size_of::<ConnState>();
+        assert!(size <= 512, "ConnState is {size} bytes");
+    }
+}

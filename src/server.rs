@@ -205,6 +205,30 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A one-worker `Shared` with no threads, for driving a connection by hand in tests.
+    #[cfg(test)]
+    pub fn for_tests(opts: Options) -> (Arc<Shared>, mio::Poll) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), crate::worker::WAKER).unwrap();
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let worker = WorkerRef {
+            tx,
+            waker,
+            woken: AtomicBool::new(false),
+            registry: RwLock::new(Vec::new()),
+            stats: Arc::new(WorkerStats::default()),
+        };
+        let shared = Shared {
+            opts,
+            workers: vec![worker],
+            local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            conn_count: AtomicUsize::new(0),
+            next_worker: AtomicUsize::new(0),
+            state: AtomicU8::new(RUNNING),
+        };
+        (Arc::new(shared), poll)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.state.load(Ordering::Acquire) != RUNNING
     }
