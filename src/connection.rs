@@ -950,7 +950,7 @@ impl Core {
         ctx: &mut Ctx,
     ) -> SendStatus {
         if !control && payload.len() >= ctx.shared.opts.compression_threshold {
-            if let Some(d) = self.deflate.as_mut() {
+            if let Some(d) = self.deflate.as_mut().filter(|d| d.params.compresses()) {
                 let compressed = ctx
                     .zip
                     .compress(d, ctx.shared.opts.compression_level, payload);
@@ -1030,7 +1030,7 @@ impl Core {
         if !self.opened || self.close_sent {
             return SendStatus::Gone;
         }
-        if let Some(d) = self.deflate.as_mut() {
+        if let Some(d) = self.deflate.as_mut().filter(|d| d.params.compresses()) {
             if let Some((opcode, payload)) = frame::split_server_frame(frame) {
                 if payload.len() >= ctx.shared.opts.compression_threshold {
                     if !d.params.server_no_context_takeover {

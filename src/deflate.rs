@@ -21,8 +21,15 @@ pub struct Config {
 pub struct Params {
     pub server_no_context_takeover: bool,
     pub client_no_context_takeover: bool,
-    /// The window we compress with.
+    /// The window we compress with (8: we never compress, see `compresses`).
     pub server_window_bits: u8,
+}
+
+impl Params {
+    /// Whether outgoing messages may be compressed (zlib needs a window of at least 2^9).
+    pub fn compresses(&self) -> bool {
+        self.server_window_bits >= 9
+    }
 }
 
 /// Choose the first acceptable offer of a `Sec-WebSocket-Extensions` value (all header lines
@@ -71,10 +78,8 @@ fn accept_offer(offer: &str, cfg: &Config) -> Option<(Params, String)> {
             _ => return None, // unknown parameter or a value where none belongs
         }
     }
-    // zlib cannot compress raw deflate with a 256-byte window: decline, try the next offer.
-    if server_bits == Some(8) {
-        return None;
-    }
+    // zlib cannot compress raw deflate in a 256-byte window; such a connection is accepted
+    // and sent uncompressed messages only (allowed per message, RFC 7692 §6).
     let bits = server_bits.unwrap_or(15).min(cfg.window_bits);
     let params = Params {
         server_no_context_takeover: server_nct || cfg.server_no_context_takeover,
@@ -310,10 +315,9 @@ mod tests {
             None
         );
         assert_eq!(n("x-webkit-deflate-frame"), None);
-        assert_eq!(
-            n("permessage-deflate; server_max_window_bits=8, permessage-deflate; client_max_window_bits").as_deref(),
-            Some("permessage-deflate")
-        );
+        let (p8, r8) = negotiate("permessage-deflate; server_max_window_bits=8", &CFG).unwrap();
+        assert_eq!(r8, "permessage-deflate; server_max_window_bits=8");
+        assert!(!p8.compresses(), "accepted, but we send uncompressed");
         let small = Config {
             window_bits: 10,
             server_no_context_takeover: true,
