@@ -75,6 +75,12 @@ fn every_parameter_combination_round_trips() {
             "{}",
             "permessage-deflate; server_max_window_bits=11",
         ),
+        // zlib can't compress in a 256-byte window: accepted, answered uncompressed.
+        (
+            &[],
+            r#"{"server_max_window_bits": 8}"#,
+            "permessage-deflate; server_max_window_bits=8",
+        ),
         (
             &[("compression_no_context_takeover", "server,client")],
             "{}",
