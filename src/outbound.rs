@@ -55,6 +55,18 @@ impl OutQueue {
         self.chunks.push_back(chunk);
     }
 
+    /// Queue a chunk of which the first `written` bytes already went out (the queue is
+    /// empty, so it becomes the partially written head).
+    pub fn push_partial(&mut self, chunk: Chunk, written: usize) {
+        if written == 0 || !self.is_empty() {
+            debug_assert!(written == 0, "partial chunk behind queued data");
+            return self.push(chunk);
+        }
+        self.len = chunk.bytes().len() - written;
+        self.head_written = written;
+        self.chunks.push_back(chunk);
+    }
+
     pub fn push_copy(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -74,6 +86,21 @@ impl OutQueue {
     pub fn flush(&mut self, w: &mut impl Write) -> io::Result<usize> {
         let mut total = 0;
         while !self.is_empty() {
+            if self.chunks.len() == 1 {
+                // One chunk (the common case): a plain write, no iovec array to set up.
+                let res = w.write(&self.chunks[0].bytes()[self.head_written..]);
+                match res {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        total += n;
+                        self.consume(n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n_iov = 0;
             for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
@@ -165,6 +192,23 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(w.out, b"hello shared-frame world");
         assert_eq!(q.chunks.capacity(), 0);
+    }
+
+    #[test]
+    fn a_partially_written_shared_frame_resumes_where_the_socket_stopped() {
+        let mut q = OutQueue::default();
+        let frame: Arc<[u8]> = Arc::from(&b"0123456789"[..]);
+        q.push_partial(Chunk::Shared(frame), 4);
+        assert_eq!(q.len, 6);
+        q.push_copy(b"ab");
+        let mut w = Trickle {
+            out: vec![],
+            cap: 3,
+            budget: 100,
+        };
+        q.flush(&mut w).unwrap();
+        assert_eq!(w.out, b"456789ab");
+        assert!(q.is_empty());
     }
 
     #[test]

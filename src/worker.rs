@@ -535,9 +535,8 @@ impl Worker {
                 for i in 0..self.scratch.len() {
                     let id = self.scratch[i];
                     if let Some(slot) = self.conns.get_mut(id.slot()) {
-                        slot.state
-                            .core_mut()
-                            .send_shared(&frame, &mut cache, &mut self.ctx);
+                        let core = slot.state.core_mut();
+                        core.send_shared(&frame, &mut cache, &mut self.ctx, &mut &slot.stream);
                     }
                 }
             }
@@ -545,9 +544,8 @@ impl Worker {
                 let mut cache = Vec::new();
                 for (_, slot) in self.conns.iter_mut() {
                     if slot.state.core().is_open() {
-                        slot.state
-                            .core_mut()
-                            .send_shared(&frame, &mut cache, &mut self.ctx);
+                        let core = slot.state.core_mut();
+                        core.send_shared(&frame, &mut cache, &mut self.ctx, &mut &slot.stream);
                     }
                 }
             }
