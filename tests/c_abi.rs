@@ -1,0 +1,174 @@
+//! The C ABI from C: the examples in examples/c, compiled with
+//! `-std=c11 -Wall -Wextra -Werror -pedantic` and linked statically and dynamically, serve a
+//! real client; include/wsrt.h is what cbindgen generates from src/ffi.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use common::*;
+use tungstenite::Message as WsMessage;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The release library (tests/run builds it first; built here if missing).
+fn lib_dir() -> PathBuf {
+    let dir = Path::new(ROOT).join("target/release");
+    if !dir.join("libwsrt.a").exists() || !dir.join("libwsrt.so").exists() {
+        let st = Command::new("cargo")
+            .args(["build", "--release", "--lib"])
+            .current_dir(ROOT)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    dir
+}
+
+fn compile(example: &str, dynamic: bool) -> PathBuf {
+    let lib = lib_dir();
+    let out = std::env::temp_dir().join(format!(
+        "wsrt-{example}-{}-{}",
+        if dynamic { "dyn" } else { "static" },
+        std::process::id()
+    ));
+    let mut cc = Command::new("cc");
+    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+        .arg(Path::new(ROOT).join("include"))
+        .arg(Path::new(ROOT).join(format!("examples/c/{example}.c")))
+        .arg("-o")
+        .arg(&out);
+    if dynamic {
+        cc.arg("-L")
+            .arg(&lib)
+            .arg("-lwsrt")
+            .arg(format!("-Wl,-rpath,{}", lib.display()));
+    } else {
+        cc.arg(lib.join("libwsrt.a"));
+    }
+    cc.args(["-lpthread", "-ldl", "-lm"]);
+    let o = cc.output().unwrap();
+    assert!(
+        o.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(bin: &Path) -> Running {
+    let mut child = Command::new(bin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = lines.recv_timeout(WAIT).expect("listening line");
+    let port = first
+        .strip_prefix("listening on ")
+        .expect(&first)
+        .parse()
+        .unwrap();
+    Running { child, port, lines }
+}
+
+fn stop(mut r: Running) -> Vec<String> {
+    let st = Command::new("kill")
+        .args(["-TERM", &r.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = r.child.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    r.lines.try_iter().collect()
+}
+
+fn echo_round(port: u16, greeting: Option<&str>) {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut ws = client(addr, "/c");
+    if let Some(g) = greeting {
+        assert_eq!(ws.read().unwrap(), WsMessage::text(g));
+    }
+    ws.send(WsMessage::text("from C ✓")).unwrap();
+    assert_eq!(ws.read().unwrap(), WsMessage::text("from C ✓"));
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    ws.send(WsMessage::binary(big.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), WsMessage::binary(big));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+}
+
+#[test]
+fn poll_echo_static_and_dynamic() {
+    for dynamic in [false, true] {
+        let r = run(&compile("echo_poll", dynamic));
+        echo_round(r.port, None);
+        stop(r);
+    }
+}
+
+#[test]
+fn callback_echo_static_and_dynamic() {
+    for dynamic in [false, true] {
+        let r = run(&compile("echo_callbacks", dynamic));
+        echo_round(r.port, Some("welcome to /c"));
+        let out = stop(r);
+        assert!(out.iter().any(|l| l == "messages 2"), "{out:?}");
+    }
+}
+
+#[test]
+fn header_is_what_cbindgen_generates() {
+    let version = Command::new("cbindgen").arg("--version").output();
+    let ok = version
+        .as_ref()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("0.29.4"));
+    if !ok {
+        assert!(
+            std::env::var_os("WSRT_TEST_REQUIRE_TOOLS").is_none(),
+            "cbindgen 0.29.4 is not installed: run tests/setup"
+        );
+        eprintln!("cbindgen 0.29.4 missing; skipping");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("wsrt-{}.h", std::process::id()));
+    let st = Command::new("cbindgen")
+        .args(["--config", "cbindgen.toml", "--crate", "wsrt", "--output"])
+        .arg(&out)
+        .current_dir(ROOT)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let generated = std::fs::read_to_string(&out).unwrap();
+    let checked_in = std::fs::read_to_string(Path::new(ROOT).join("include/wsrt.h")).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        generated == checked_in,
+        "include/wsrt.h is stale: regenerate with `cbindgen --config cbindgen.toml --crate wsrt --output include/wsrt.h`"
+    );
+}
