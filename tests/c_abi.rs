@@ -29,14 +29,21 @@ fn lib_dir() -> PathBuf {
 }
 
 fn compile(example: &str, dynamic: bool) -> PathBuf {
+    compile_with(example, dynamic, &[])
+}
+
+fn compile_with(example: &str, dynamic: bool, extra: &[&str]) -> PathBuf {
     let lib = lib_dir();
     let out = std::env::temp_dir().join(format!(
-        "wsrt-{example}-{}-{}",
+        "wsrt-{example}-{}{}-{}",
         if dynamic { "dyn" } else { "static" },
+        if extra.is_empty() { "" } else { "-san" },
         std::process::id()
     ));
     let mut cc = Command::new("cc");
-    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .args(extra)
+        .arg("-I")
         .arg(Path::new(ROOT).join("include"))
         .arg(Path::new(ROOT).join(format!("examples/c/{example}.c")))
         .arg("-o")
@@ -73,9 +80,14 @@ impl Drop for Running {
 }
 
 fn run(bin: &Path) -> Running {
+    run_with(bin, Stdio::inherit(), &[])
+}
+
+fn run_with(bin: &Path, stderr: Stdio, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(bin)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let (tx, lines) = mpsc::channel();
@@ -138,6 +150,38 @@ fn callback_echo_static_and_dynamic() {
         echo_round(r.port, Some("welcome to /c"));
         let out = stop(r);
         assert!(out.iter().any(|l| l == "messages 2"), "{out:?}");
+    }
+}
+
+#[test]
+fn examples_are_clean_under_address_and_leak_sanitizers() {
+    for example in ["echo_poll", "echo_callbacks"] {
+        let bin = compile_with(
+            example,
+            false,
+            &["-fsanitize=address,undefined", "-fno-omit-frame-pointer"],
+        );
+        let log =
+            std::env::temp_dir().join(format!("wsrt-{example}-asan-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let r = run_with(
+            &bin,
+            Stdio::from(file),
+            &[("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")],
+        );
+        echo_round(
+            r.port,
+            (example == "echo_callbacks").then_some("welcome to /c"),
+        );
+        stop(r);
+        let report = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        assert!(
+            !report.contains("AddressSanitizer")
+                && !report.contains("LeakSanitizer")
+                && !report.contains("runtime error"),
+            "{example} under sanitizers:\n{report}"
+        );
     }
 }
 
