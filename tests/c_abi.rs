@@ -154,8 +154,26 @@ fn callback_echo_static_and_dynamic() {
 }
 
 #[test]
+fn epoll_loop_echo() {
+    let r = run(&compile("echo_epoll", false));
+    echo_round(r.port, None);
+    stop(r);
+}
+
+#[test]
+fn adopted_sockets_echo() {
+    for dynamic in [false, true] {
+        let r = run(&compile("echo_adopt", dynamic));
+        // Two clients: each accepted by the host's own listener, then handed to wsrt.
+        echo_round(r.port, None);
+        echo_round(r.port, None);
+        stop(r);
+    }
+}
+
+#[test]
 fn examples_are_clean_under_address_and_leak_sanitizers() {
-    for example in ["echo_poll", "echo_callbacks"] {
+    for example in ["echo_poll", "echo_callbacks", "echo_epoll", "echo_adopt"] {
         let bin = compile_with(
             example,
             false,
