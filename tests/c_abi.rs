@@ -204,6 +204,36 @@ fn examples_are_clean_under_address_and_leak_sanitizers() {
 }
 
 #[test]
+fn misuse_is_answered_with_errors_and_finalizers_run_once() {
+    let plain = compile("misuse", false);
+    let sanitized = compile_with(
+        "misuse",
+        false,
+        &["-fsanitize=address,undefined", "-fno-omit-frame-pointer"],
+    );
+    for bin in [plain, sanitized] {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg(&bin)
+            .env("ASAN_OPTIONS", "detect_leaks=1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{}\n{stdout}\n{stderr}",
+            bin.display()
+        );
+        assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+        assert!(
+            !stderr.contains("Sanitizer") && !stderr.contains("runtime error"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn header_is_what_cbindgen_generates() {
     let version = Command::new("cbindgen").arg("--version").output();
     let ok = version
