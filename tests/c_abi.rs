@@ -14,18 +14,39 @@ use tungstenite::Message as WsMessage;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The release library (tests/run builds it first; built here if missing).
-fn lib_dir() -> PathBuf {
-    let dir = Path::new(ROOT).join("target/release");
-    if !dir.join("libwsrt.a").exists() || !dir.join("libwsrt.so").exists() {
-        let st = Command::new("cargo")
-            .args(["build", "--release", "--lib"])
-            .current_dir(ROOT)
+/// wsrt installed once per test run with `scripts/install --prefix <temp>` (the documented
+/// command): the examples build against the installed header, library and wsrt.pc.
+fn prefix() -> &'static Path {
+    static PREFIX: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wsrt-prefix-{}", std::process::id()));
+        let st = Command::new("bash")
+            .arg(Path::new(ROOT).join("scripts/install"))
+            .arg("--prefix")
+            .arg(&dir)
             .status()
             .unwrap();
-        assert!(st.success());
-    }
-    dir
+        assert!(st.success(), "scripts/install failed");
+        dir
+    })
+}
+
+fn pkg_config(args: &[&str]) -> Vec<String> {
+    let out = Command::new("pkg-config")
+        .args(args)
+        .arg("wsrt")
+        .env("PKG_CONFIG_PATH", prefix().join("lib/pkgconfig"))
+        .output()
+        .expect("pkg-config runs");
+    assert!(
+        out.status.success(),
+        "pkg-config {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 fn compile(example: &str, dynamic: bool) -> PathBuf {
@@ -33,7 +54,6 @@ fn compile(example: &str, dynamic: bool) -> PathBuf {
 }
 
 fn compile_with(example: &str, dynamic: bool, extra: &[&str]) -> PathBuf {
-    let lib = lib_dir();
     let out = std::env::temp_dir().join(format!(
         "wsrt-{example}-{}{}-{}",
         if dynamic { "dyn" } else { "static" },
@@ -43,20 +63,18 @@ fn compile_with(example: &str, dynamic: bool, extra: &[&str]) -> PathBuf {
     let mut cc = Command::new("cc");
     cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
         .args(extra)
-        .arg("-I")
-        .arg(Path::new(ROOT).join("include"))
+        .args(pkg_config(&["--cflags"]))
         .arg(Path::new(ROOT).join(format!("examples/c/{example}.c")))
         .arg("-o")
         .arg(&out);
     if dynamic {
-        cc.arg("-L")
-            .arg(&lib)
-            .arg("-lwsrt")
-            .arg(format!("-Wl,-rpath,{}", lib.display()));
+        cc.args(pkg_config(&["--libs"]))
+            .arg(format!("-Wl,-rpath,{}", prefix().join("lib").display()));
     } else {
-        cc.arg(lib.join("libwsrt.a"));
+        // -lwsrt would pick the .so next to the .a: name the archive, then its private libs.
+        cc.arg(prefix().join("lib/libwsrt.a"))
+            .args(["-lpthread", "-ldl", "-lm"]);
     }
-    cc.args(["-lpthread", "-ldl", "-lm"]);
     let o = cc.output().unwrap();
     assert!(
         o.status.success(),
