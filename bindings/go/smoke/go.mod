@@ -1,0 +1,3 @@
+module wsrt.example/smoke
+
+go 1.19
