@@ -1,4 +1,5 @@
-//! The C ABI from other hosts: small but real programs built and driven with a real client.
+//! The C ABI from other hosts (Go, Node): small but real programs built and driven with a real
+//! client.
 //! Go (cgo): a goroutine blocked in wsrt_poll echoes, cgo.Handle data is released by the
 //! finalizer exactly once per connection, and a net/http handler hijacks its connection and
 //! hands it to wsrt.
@@ -98,4 +99,82 @@ fn go_cgo_poll_echo_handles_and_hijack_adoption() {
         "each cgo.Handle released exactly once"
     );
     let _ = std::fs::remove_file(bin);
+}
+
+/// Node: an N-API addon (C, against /usr/include/node) watches wsrt_event_fd with a uv_poll_t
+/// on Node's loop and calls JS per event; an http server's 'upgrade' event hands its socket
+/// to wsrt_adopt.
+#[test]
+fn node_napi_event_fd_on_libuv_and_upgrade_adoption() {
+    let ok = Path::new("/usr/include/node/node_api.h").exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("WSRT_TEST_REQUIRE_TOOLS").is_none(),
+            "node and its headers (/usr/include/node) are needed"
+        );
+        eprintln!("node or /usr/include/node missing; skipping");
+        return;
+    }
+    let st = Command::new("cargo")
+        .args(["build", "--release", "--lib", "--quiet"])
+        .current_dir(ROOT)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let addon = std::env::temp_dir().join(format!("wsrt-smoke-{}.node", std::process::id()));
+    let out = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I/usr/include/node",
+            "-I",
+        ])
+        .arg(Path::new(ROOT).join("include"))
+        .arg(Path::new(ROOT).join("bindings/node/smoke/addon.c"))
+        .arg(Path::new(ROOT).join("target/release/libwsrt.a"))
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&addon)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new("node")
+        .arg(Path::new(ROOT).join("bindings/node/smoke/smoke.js"))
+        .arg(&addon)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().expect("a port line");
+        ports.push(line.rsplit(' ').next().unwrap().parse::<u16>().unwrap());
+    }
+    for (port, path) in ports.iter().zip(["/direct", "/upgraded"]) {
+        echo(format!("127.0.0.1:{port}").parse().unwrap(), path);
+    }
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(lines.next().as_deref(), Some("stopped"));
+    assert!(
+        child.wait().unwrap().success(),
+        "node exits cleanly once wsrt is stopped"
+    );
+    let _ = std::fs::remove_file(addon);
 }
