@@ -178,3 +178,52 @@ fn node_napi_event_fd_on_libuv_and_upgrade_adoption() {
     );
     let _ = std::fs::remove_file(addon);
 }
+
+/// JVM on JDK 22+: java.lang.foreign, a platform thread blocked in wsrt_poll, no native shim.
+#[test]
+fn jvm_ffm_thread_blocked_in_poll() {
+    let java = Path::new("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java");
+    if !java.exists() {
+        assert!(
+            std::env::var_os("WSRT_TEST_REQUIRE_TOOLS").is_none(),
+            "a JDK 22+ is needed at {}",
+            java.display()
+        );
+        eprintln!("no JDK 22+; skipping");
+        return;
+    }
+    let st = Command::new("cargo")
+        .args(["build", "--release", "--lib", "--quiet"])
+        .current_dir(ROOT)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = Command::new(java)
+        .arg("--enable-native-access=ALL-UNNAMED")
+        .arg(Path::new(ROOT).join("bindings/java/smoke/ffm/SmokeFfm.java"))
+        .arg(Path::new(ROOT).join("target/release/libwsrt.so"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let line = lines.next().expect("a port line");
+    let port: u16 = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    echo(format!("127.0.0.1:{port}").parse().unwrap(), "/jvm");
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        lines.next().as_deref(),
+        Some("stopped"),
+        "shutdown hook stopped wsrt"
+    );
+    let _ = child.wait();
+}
