@@ -227,3 +227,83 @@ fn jvm_ffm_thread_blocked_in_poll() {
     );
     let _ = child.wait();
 }
+
+/// JVM on JDK 17: JNI (a C shim with libwsrt.a linked in), the same echo shape as FFM.
+#[test]
+fn jvm_jni_on_jdk17() {
+    let jdk = Path::new("/usr/lib/jvm/java-17-openjdk-amd64");
+    if !jdk.join("bin/javac").exists() {
+        assert!(
+            std::env::var_os("WSRT_TEST_REQUIRE_TOOLS").is_none(),
+            "JDK 17 is needed at {}",
+            jdk.display()
+        );
+        eprintln!("no JDK 17; skipping");
+        return;
+    }
+    let st = Command::new("cargo")
+        .args(["build", "--release", "--lib", "--quiet"])
+        .current_dir(ROOT)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let src = Path::new(ROOT).join("bindings/java/smoke/jni");
+    let dir = std::env::temp_dir().join(format!("wsrt-jni-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new(jdk.join("bin/javac"))
+        .arg("-d")
+        .arg(&dir)
+        .arg(src.join("SmokeJni.java"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "javac");
+    let out = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+        ])
+        .arg(format!("-I{}", jdk.join("include").display()))
+        .arg(format!("-I{}", jdk.join("include/linux").display()))
+        .arg(format!("-I{}", Path::new(ROOT).join("include").display()))
+        .arg(src.join("wsrt_jni.c"))
+        .arg(Path::new(ROOT).join("target/release/libwsrt.a"))
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(dir.join("libwsrt_jni.so"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(jdk.join("bin/java"))
+        .arg(format!("-Djava.library.path={}", dir.display()))
+        .arg("-cp")
+        .arg(&dir)
+        .arg("SmokeJni")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let line = lines.next().expect("a port line");
+    let port: u16 = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    echo(format!("127.0.0.1:{port}").parse().unwrap(), "/jni");
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(lines.next().as_deref(), Some("stopped"));
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
