@@ -127,6 +127,16 @@ int main(void) {
   static const uint8_t payload[] = "owned buffer";
   CHECK(wsrt_send_owned(srv, id, payload, sizeof payload - 1, true, release, NULL) == WSRT_SENT);
   CHECK(wsrt_send_owned(srv, 999, payload, 3, true, release, NULL) == WSRT_GONE);
+  /* The owned frame went through the worker's inbox after the data: once it arrives, the data
+   * is attached, so the close below finalizes it through the CLOSE event (not on a worker). */
+  char frame[2 + sizeof payload - 1];
+  size_t got = 0;
+  while (got < sizeof frame) {
+    ssize_t r = read(fd, frame + got, sizeof frame - got);
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  CHECK(got == sizeof frame && memcmp(frame + 2, payload, sizeof payload - 1) == 0);
   close(fd);
   CHECK(wait_kind(srv, b, WSRT_EVENT_CLOSE) == id);
   wsrt_poll(srv, b, 16, 0); /* recycling the batch finalizes the closed connection's data */
