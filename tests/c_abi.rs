@@ -134,7 +134,12 @@ fn stop(mut r: Running) -> Vec<String> {
     assert!(st.success());
     let status = r.child.wait().unwrap();
     assert!(status.success(), "clean exit after SIGTERM: {status}");
-    r.lines.try_iter().collect()
+    // The reader thread ends at EOF (the process exited): take every line it forwarded.
+    let mut lines = Vec::new();
+    while let Ok(line) = r.lines.recv_timeout(WAIT) {
+        lines.push(line);
+    }
+    lines
 }
 
 fn echo_round(port: u16, greeting: Option<&str>) {
