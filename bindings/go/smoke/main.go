@@ -1,8 +1,8 @@
 // Go smoke test of the wsrt C ABI: a goroutine blocked in wsrt_poll echoes messages; each
 // connection carries a cgo.Handle released by wsrt's finalizer exactly once; a net/http
 // handler hijacks its connection and hands it to wsrt (the gorilla Upgrade shape).
-// Prints "listening on PORT" and "http listening on PORT"; on SIGTERM prints
-// "finalized N opened M" and exits.
+// Prints "listening on PORT" and "http listening on PORT"; on SIGTERM shuts wsrt down,
+// prints "stopped: opened N, closed N, finalized N" and exits 0.
 package main
 
 /*
@@ -31,13 +31,18 @@ import (
 	"unsafe"
 )
 
-var finalized, opened int64
+var opened, closed, finalized int64
 
+// goFinalize runs on the polling goroutine's thread (when its batch is polled again), in
+// wsrt_server_free, or on a wsrt worker thread (cgo handles any of them).
+//
 //export goFinalize
 func goFinalize(p unsafe.Pointer) {
 	h := cgo.Handle(uintptr(p))
-	_ = h.Value().(string) // the per-connection Go value is still intact
-	h.Delete()
+	if _, ok := h.Value().(string); !ok { // the per-connection Go value is still intact
+		panic("bad handle")
+	}
+	h.Delete() // a second release would panic here
 	atomic.AddInt64(&finalized, 1)
 }
 
@@ -48,11 +53,51 @@ func check(rc C.int, what string) {
 	}
 }
 
+// handle dispatches one event: OPEN attaches a cgo.Handle, MESSAGE echoes.
+func handle(srv *C.wsrt_server, ev *C.wsrt_event) {
+	switch ev.kind {
+	case C.WSRT_EVENT_OPEN:
+		atomic.AddInt64(&opened, 1)
+		h := cgo.NewHandle(C.GoString(ev.path))
+		if C.set_handle(srv, ev.conn, C.uintptr_t(h)) != C.WSRT_OK {
+			h.Delete() // WSRT_ERR_GONE: wsrt did not take it
+		}
+	case C.WSRT_EVENT_MESSAGE:
+		if rc := C.wsrt_send(srv, ev.conn, ev.data, ev.len, ev.is_text); rc < 0 {
+			fmt.Fprintf(os.Stderr, "send: %s\n", C.GoString(C.wsrt_strerror(rc)))
+		}
+	case C.WSRT_EVENT_CLOSE:
+		atomic.AddInt64(&closed, 1)
+	}
+}
+
+// dupSocket hands out a close-on-exec duplicate of the connection's fd without
+// (*os.File).Fd(), which would switch the shared file description to blocking mode.
+func dupSocket(c *net.TCPConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, dupErr := -1, error(nil)
+	err = raw.Control(func(s uintptr) {
+		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
+		if e != 0 {
+			dupErr = e
+			return
+		}
+		fd = int(r)
+	})
+	if err == nil {
+		err = dupErr
+	}
+	return fd, err
+}
+
 func main() {
 	cfg := C.wsrt_config_new()
-	for k, v := range map[string]string{"listen": "127.0.0.1:0", "workers": "2"} {
-		ck, cv := C.CString(k), C.CString(v)
-		check(C.wsrt_config_set(cfg, ck, cv), k)
+	for _, kv := range [][2]string{{"listen", "127.0.0.1:0"}, {"workers", "2"}} {
+		ck, cv := C.CString(kv[0]), C.CString(kv[1])
+		check(C.wsrt_config_set(cfg, ck, cv), kv[0])
 		C.free(unsafe.Pointer(ck))
 		C.free(unsafe.Pointer(cv))
 	}
@@ -62,31 +107,27 @@ func main() {
 	var port C.uint16_t
 	check(C.wsrt_server_port(srv, &port), "port")
 
-	stop := make(chan struct{})
+	var stopping int32
 	done := make(chan struct{})
-	go func() { // one goroutine blocked in wsrt_poll
+	go func() { // one goroutine blocked in wsrt_poll; no LockOSThread needed
 		defer close(done)
 		batch := C.wsrt_batch_new()
-		defer C.wsrt_batch_free(batch)
+		defer C.wsrt_batch_free(batch) // finalizes the host data of the last CLOSE events
 		for {
-			select {
-			case <-stop:
-				return
-			default:
+			// A poll blocked with -1 is never woken by shutdown (see the report on the
+			// ABI), so wait at most 1 s and look at the stop flag in between.
+			timeout := C.int(1000)
+			last := atomic.LoadInt32(&stopping) == 1 // shutdown done: drain what is left
+			if last {
+				timeout = 0
 			}
-			n := C.wsrt_poll(srv, batch, 256, 100)
+			n := C.wsrt_poll(srv, batch, 256, timeout)
+			check(n, "poll")
 			for i := 0; i < int(n); i++ {
-				ev := C.wsrt_batch_get(batch, C.size_t(i))
-				switch ev.kind {
-				case C.WSRT_EVENT_OPEN:
-					atomic.AddInt64(&opened, 1)
-					h := cgo.NewHandle(C.GoString(ev.remote_addr))
-					if C.set_handle(srv, ev.conn, C.uintptr_t(h)) != C.WSRT_OK {
-						h.Delete()
-					}
-				case C.WSRT_EVENT_MESSAGE:
-					C.wsrt_send(srv, ev.conn, ev.data, ev.len, ev.is_text)
-				}
+				handle(srv, C.wsrt_batch_get(batch, C.size_t(i)))
+			}
+			if last && n == 0 {
+				return
 			}
 		}
 	}()
@@ -97,10 +138,12 @@ func main() {
 		panic(err)
 	}
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Authenticate here (cookies, tokens), then hand over.
 		conn, rw, err := w.(http.Hijacker).Hijack()
 		if err != nil {
 			return
 		}
+		defer conn.Close() // wsrt owns its own duplicate
 		// Re-serialize the request head for wsrt (net/http moved Host out of the headers).
 		var head bytes.Buffer
 		fmt.Fprintf(&head, "%s %s HTTP/1.1\r\nHost: %s\r\n", r.Method, r.RequestURI, r.Host)
@@ -109,15 +152,16 @@ func main() {
 		buffered := make([]byte, rw.Reader.Buffered())
 		rw.Reader.Read(buffered) // early frames the server already read
 		head.Write(buffered)
-		f, err := conn.(*net.TCPConn).File() // a dup of the fd
-		conn.Close()
+		fd, err := dupSocket(conn.(*net.TCPConn))
 		if err != nil {
+			fmt.Fprintf(os.Stderr, "dup: %v\n", err)
 			return
 		}
-		fd, _ := syscall.Dup(int(f.Fd()))
-		f.Close()
 		b := head.Bytes()
-		C.wsrt_adopt(srv, C.int(fd), (*C.uint8_t)(unsafe.Pointer(&b[0])), C.size_t(len(b)))
+		rc := C.wsrt_adopt(srv, C.int(fd), (*C.uint8_t)(unsafe.Pointer(&b[0])), C.size_t(len(b)))
+		if rc != C.WSRT_OK {
+			fmt.Fprintf(os.Stderr, "adopt: %s\n", C.GoString(C.wsrt_last_error()))
+		}
 	}))
 
 	fmt.Printf("listening on %d\n", int(port))
@@ -126,9 +170,11 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
-	check(C.wsrt_server_shutdown(srv, 5000), "shutdown")
-	close(stop)
+	ln.Close()
+	check(C.wsrt_server_shutdown(srv, 5000), "shutdown") // every CLOSE event is queued now
+	atomic.StoreInt32(&stopping, 1)
 	<-done
 	C.wsrt_server_free(srv) // finalizes whatever is still attached
-	fmt.Printf("finalized %d opened %d\n", atomic.LoadInt64(&finalized), atomic.LoadInt64(&opened))
+	fmt.Printf("stopped: opened %d, closed %d, finalized %d\n",
+		atomic.LoadInt64(&opened), atomic.LoadInt64(&closed), atomic.LoadInt64(&finalized))
 }

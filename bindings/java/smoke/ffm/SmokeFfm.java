@@ -1,83 +1,194 @@
-// JDK 22+ (java.lang.foreign) smoke test of the wsrt C ABI: a platform thread blocked in
-// wsrt_poll echoes every message. Run: java --enable-native-access=ALL-UNNAMED SmokeFfm.java
-// /path/to/libwsrt.so — prints "listening on PORT"; on SIGTERM prints "stopped".
+// JDK 22+ (java.lang.foreign) smoke test of the wsrt C ABI, no native shim: a platform thread
+// blocked in wsrt_poll echoes every message; each connection carries a handle to a Java
+// object, released by wsrt's finalizer (an upcall) exactly once.
+// Run: java --enable-native-access=ALL-UNNAMED SmokeFfm.java /path/to/libwsrt.so
+// Prints "layout: ..." (the wsrt_event layout as this program sees it; the test compares it
+// with the C compiler's), "listening on PORT"; on SIGTERM shuts wsrt down, prints
+// "stopped: opened N, closed N, finalized N" and exits 0.
 import java.lang.foreign.*;
 import java.lang.invoke.MethodHandle;
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.MethodType;
+import java.lang.invoke.VarHandle;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
+
+import static java.lang.foreign.MemoryLayout.PathElement.groupElement;
 import static java.lang.foreign.ValueLayout.*;
 
 public class SmokeFfm {
-    static final int EVENT_MESSAGE = 3;
-    // struct wsrt_event (x86-64 SysV): offsets of the fields this program reads.
-    static final long KIND = 0, CONN = 8, DATA = 16, LEN = 24, IS_TEXT = 32, EVENT_SIZE = 104;
+    static final int EVENT_OPEN = 2, EVENT_MESSAGE = 3, EVENT_CLOSE = 6;
+    static final Linker LINKER = Linker.nativeLinker();
+    static final ValueLayout SIZE_T = (ValueLayout) LINKER.canonicalLayouts().get("size_t");
+    static final ValueLayout BOOL = (ValueLayout) LINKER.canonicalLayouts().get("bool");
+
+    /** struct wsrt_event, field by field as in wsrt.h, with the C ABI's padding. */
+    static final StructLayout EVENT = MemoryLayout.structLayout(
+            JAVA_INT.withName("kind"),
+            MemoryLayout.paddingLayout(4),
+            JAVA_LONG.withName("conn"),
+            ADDRESS.withName("data"),
+            SIZE_T.withName("len"),
+            BOOL.withName("is_text"),
+            MemoryLayout.paddingLayout(1),
+            JAVA_SHORT.withName("close_code"),
+            BOOL.withName("clean"),
+            MemoryLayout.paddingLayout(3),
+            ADDRESS.withName("remote_addr"),
+            ADDRESS.withName("path"),
+            ADDRESS.withName("query"),
+            ADDRESS.withName("subprotocol"),
+            ADDRESS.withName("origin"),
+            ADDRESS.withName("headers"),
+            SIZE_T.withName("header_count"),
+            ADDRESS.withName("user_data")).withName("wsrt_event");
+    static final VarHandle KIND = field("kind"), CONN = field("conn"), DATA = field("data"),
+            LEN = field("len"), IS_TEXT = field("is_text"), CLOSE_CODE = field("close_code"),
+            PATH = field("path"), USER_DATA = field("user_data");
+
+    static VarHandle field(String name) {
+        return EVENT.varHandle(groupElement(name));
+    }
+
+    /** Java objects attached to connections, by the integer wsrt carries as user data. */
+    static final Map<Long, Object> HANDLES = new ConcurrentHashMap<>();
+    static final AtomicLong NEXT_HANDLE = new AtomicLong(1);
+    static final AtomicLong opened = new AtomicLong(), closed = new AtomicLong(), finalized = new AtomicLong();
+
+    /** wsrt's finalizer (an upcall; may run on the polling thread or a wsrt thread). */
+    static void release(MemorySegment data) {
+        if (HANDLES.remove(data.address()) == null) throw new IllegalStateException("released twice");
+        finalized.incrementAndGet();
+    }
+
+    record Connection(long conn, String path) {}
+
+    static MethodHandle configNew, configSet, configFree, start, port, batchNew, batchFree, poll,
+            batchGet, send, setData, shutdown, free, lastError;
 
     public static void main(String[] args) throws Throwable {
-        Linker linker = Linker.nativeLinker();
-        Arena arena = Arena.ofShared();
+        StringBuilder layout = new StringBuilder("layout: size " + EVENT.byteSize());
+        for (MemoryLayout m : EVENT.memberLayouts()) {
+            if (m.name().isPresent()) {
+                layout.append(", ").append(m.name().get()).append(' ')
+                        .append(EVENT.byteOffset(groupElement(m.name().get())));
+            }
+        }
+        System.out.println(layout);
+
+        Arena arena = Arena.ofShared(); // the library, strings and the finalizer stub
         SymbolLookup lib = SymbolLookup.libraryLookup(args[0], arena);
-        MethodHandle configNew = fn(linker, lib, "wsrt_config_new", FunctionDescriptor.of(ADDRESS));
-        MethodHandle configSet = fn(linker, lib, "wsrt_config_set", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS));
-        MethodHandle configFree = fn(linker, lib, "wsrt_config_free", FunctionDescriptor.ofVoid(ADDRESS));
-        MethodHandle start = fn(linker, lib, "wsrt_server_start", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, JAVA_INT, ADDRESS));
-        MethodHandle port = fn(linker, lib, "wsrt_server_port", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS));
-        MethodHandle batchNew = fn(linker, lib, "wsrt_batch_new", FunctionDescriptor.of(ADDRESS));
-        MethodHandle batchFree = fn(linker, lib, "wsrt_batch_free", FunctionDescriptor.ofVoid(ADDRESS));
-        MethodHandle poll = fn(linker, lib, "wsrt_poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_LONG, JAVA_INT));
-        MethodHandle batchGet = fn(linker, lib, "wsrt_batch_get", FunctionDescriptor.of(ADDRESS, ADDRESS, JAVA_LONG));
-        MethodHandle send = fn(linker, lib, "wsrt_send", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS, JAVA_LONG, JAVA_BOOLEAN));
-        MethodHandle shutdown = fn(linker, lib, "wsrt_server_shutdown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
-        MethodHandle free = fn(linker, lib, "wsrt_server_free", FunctionDescriptor.ofVoid(ADDRESS));
-        MethodHandle lastError = fn(linker, lib, "wsrt_last_error", FunctionDescriptor.of(ADDRESS));
+        configNew = fn(lib, "wsrt_config_new", FunctionDescriptor.of(ADDRESS));
+        configSet = fn(lib, "wsrt_config_set", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS));
+        configFree = fn(lib, "wsrt_config_free", FunctionDescriptor.ofVoid(ADDRESS));
+        start = fn(lib, "wsrt_server_start", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, JAVA_INT, ADDRESS));
+        port = fn(lib, "wsrt_server_port", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS));
+        batchNew = fn(lib, "wsrt_batch_new", FunctionDescriptor.of(ADDRESS));
+        batchFree = fn(lib, "wsrt_batch_free", FunctionDescriptor.ofVoid(ADDRESS));
+        poll = fn(lib, "wsrt_poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, SIZE_T, JAVA_INT));
+        batchGet = fn(lib, "wsrt_batch_get", FunctionDescriptor.of(ADDRESS, ADDRESS, SIZE_T));
+        send = fn(lib, "wsrt_send", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS, SIZE_T, BOOL));
+        setData = fn(lib, "wsrt_set_data", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS, ADDRESS));
+        shutdown = fn(lib, "wsrt_server_shutdown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
+        free = fn(lib, "wsrt_server_free", FunctionDescriptor.ofVoid(ADDRESS));
+        lastError = fn(lib, "wsrt_last_error", FunctionDescriptor.of(ADDRESS));
+        MemorySegment finalizer = LINKER.upcallStub(
+                MethodHandles.lookup().findStatic(SmokeFfm.class, "release",
+                        MethodType.methodType(void.class, MemorySegment.class)),
+                FunctionDescriptor.ofVoid(ADDRESS), arena);
 
         MemorySegment cfg = (MemorySegment) configNew.invokeExact();
-        int rc = (int) configSet.invokeExact(cfg, arena.allocateFrom("listen"), arena.allocateFrom("127.0.0.1:0"));
+        check((int) configSet.invokeExact(cfg, arena.allocateFrom("listen"), arena.allocateFrom("127.0.0.1:0")), "listen");
+        check((int) configSet.invokeExact(cfg, arena.allocateFrom("workers"), arena.allocateFrom("2")), "workers");
         MemorySegment out = arena.allocate(ADDRESS);
-        rc |= (int) start.invokeExact(cfg, MemorySegment.NULL, MemorySegment.NULL, 0, out);
+        int rc = (int) start.invokeExact(cfg, MemorySegment.NULL, MemorySegment.NULL, 0, out);
         configFree.invokeExact(cfg);
-        if (rc != 0) {
-            MemorySegment err = ((MemorySegment) lastError.invokeExact()).reinterpret(4096);
-            throw new IllegalStateException("start: " + err.getString(0));
-        }
+        check(rc, "start");
         MemorySegment srv = out.get(ADDRESS, 0);
         MemorySegment portOut = arena.allocate(JAVA_SHORT);
-        int prc = (int) port.invokeExact(srv, portOut);
-        System.out.println("listening on " + Short.toUnsignedInt(portOut.get(JAVA_SHORT, 0)));
+        check((int) port.invokeExact(srv, portOut), "port");
 
-        var stop = new java.util.concurrent.atomic.AtomicBoolean();
+        AtomicBoolean stopping = new AtomicBoolean();
         Thread poller = new Thread(() -> {
             try {
                 MemorySegment batch = (MemorySegment) batchNew.invokeExact();
-                while (!stop.get()) {
-                    int n = (int) poll.invokeExact(srv, batch, 256L, 200);
+                while (true) {
+                    // A poll blocked with -1 is never woken by shutdown (see the report on
+                    // the ABI): wait at most 1 s, then drain with 0 once shutdown is done.
+                    boolean last = stopping.get();
+                    int n = (int) poll.invokeExact(srv, batch, 256L, last ? 0 : 1000);
+                    check(n, "poll");
                     for (int i = 0; i < n; i++) {
-                        MemorySegment ev = ((MemorySegment) batchGet.invokeExact(batch, (long) i)).reinterpret(EVENT_SIZE);
-                        if (ev.get(JAVA_INT, KIND) == EVENT_MESSAGE) {
-                            int s = (int) send.invokeExact(srv, ev.get(JAVA_LONG, CONN), ev.get(ADDRESS, DATA),
-                                    ev.get(JAVA_LONG, LEN), ev.get(JAVA_BOOLEAN, IS_TEXT));
-                        }
+                        MemorySegment ev = ((MemorySegment) batchGet.invokeExact(batch, (long) i)).reinterpret(EVENT.byteSize());
+                        handle(srv, ev, finalizer);
                     }
+                    if (last && n == 0) break;
                 }
-                batchFree.invokeExact(batch);
+                batchFree.invokeExact(batch); // finalizes the last CLOSE events' data
             } catch (Throwable t) {
                 t.printStackTrace();
+                System.exit(1);
             }
         }, "wsrt-poll");
         poller.start();
 
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+        // SIGTERM: stop wsrt in order and exit 0 (a shutdown hook would exit with 143).
+        sun.misc.Signal.handle(new sun.misc.Signal("TERM"), sig -> {
             try {
-                int s = (int) shutdown.invokeExact(srv, 5000);
-                stop.set(true);
-                poller.join();
-                free.invokeExact(srv);
-                System.out.println("stopped");
+                check((int) shutdown.invokeExact(srv, 5000), "shutdown");
             } catch (Throwable t) {
                 t.printStackTrace();
             }
-        }));
+            stopping.set(true);
+        });
+        System.out.println("listening on " + Short.toUnsignedInt(portOut.get(JAVA_SHORT, 0)));
+
         poller.join();
+        free.invokeExact(srv);
+        System.out.println("stopped: opened " + opened + ", closed " + closed + ", finalized " + finalized);
+        arena.close();
     }
 
-    static MethodHandle fn(Linker linker, SymbolLookup lib, String name, FunctionDescriptor d) {
-        return linker.downcallHandle(lib.find(name).orElseThrow(), d);
+    static void handle(MemorySegment srv, MemorySegment ev, MemorySegment finalizer) throws Throwable {
+        long conn = (long) CONN.get(ev, 0L);
+        switch ((int) KIND.get(ev, 0L)) {
+            case EVENT_OPEN -> {
+                opened.incrementAndGet();
+                String path = ((MemorySegment) PATH.get(ev, 0L)).reinterpret(Long.MAX_VALUE).getString(0);
+                long h = NEXT_HANDLE.getAndIncrement();
+                HANDLES.put(h, new Connection(conn, path));
+                if ((int) setData.invokeExact(srv, conn, MemorySegment.ofAddress(h), finalizer) != 0) {
+                    HANDLES.remove(h); // WSRT_ERR_GONE: wsrt did not take it
+                }
+            }
+            case EVENT_MESSAGE -> {
+                int s = (int) send.invokeExact(srv, conn, (MemorySegment) DATA.get(ev, 0L),
+                        (long) LEN.get(ev, 0L), (boolean) IS_TEXT.get(ev, 0L));
+                if (s < 0) System.err.println("send failed: " + s);
+            }
+            case EVENT_CLOSE -> {
+                // The data attached at OPEN comes back with CLOSE, still alive.
+                Object c = HANDLES.get(((MemorySegment) USER_DATA.get(ev, 0L)).address());
+                if (!(c instanceof Connection cc) || cc.conn() != conn) {
+                    throw new IllegalStateException("CLOSE without its data: " + conn + " code " + (short) CLOSE_CODE.get(ev, 0L));
+                }
+                closed.incrementAndGet();
+            }
+            default -> {
+            }
+        }
+    }
+
+    static void check(int rc, String what) throws Throwable {
+        if (rc < 0) {
+            MemorySegment err = ((MemorySegment) lastError.invokeExact()).reinterpret(Long.MAX_VALUE);
+            throw new IllegalStateException(what + ": " + err.getString(0));
+        }
+    }
+
+    static MethodHandle fn(SymbolLookup lib, String name, FunctionDescriptor d) {
+        return LINKER.downcallHandle(lib.find(name).orElseThrow(), d);
     }
 }
