@@ -11,6 +11,7 @@
  *         return value is the connection's object), send(conn, string | Buffer) -> status,
  *         adopt(fd, head: Buffer) -> status (the fd is dup()ed), stop() -> finalized count. */
 #include <node_api.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ static struct {
   napi_ref callback;
   napi_async_context async;
   unsigned finalized;
+  pthread_t js_thread;
 } g;
 
 #define NAPI(call)                                                                        \
@@ -45,8 +47,14 @@ static napi_value throw_wsrt(napi_env env, const char *what) {
 
 /* wsrt's finalizer for a connection's data. In poll mode it runs inside wsrt_poll /
  * wsrt_batch_free / wsrt_server_free, all called on the JS thread here, so deleting the
- * reference is allowed. */
+ * reference is allowed -- except when the connection closed while wsrt_set_data was in
+ * flight (or data was replaced): then wsrt runs it on a worker thread, where N-API must not
+ * be called. Say so (the test fails on stderr) and leak the reference rather than crash. */
 static void release_ref(void *data) {
+  if (!pthread_equal(pthread_self(), g.js_thread)) {
+    fprintf(stderr, "wsrt finalizer ran on a non-JS thread: N-API reference leaked\n");
+    return;
+  }
   napi_delete_reference(g.env, (napi_ref)data);
   g.finalized++;
 }
@@ -145,6 +153,7 @@ static napi_value start(napi_env env, napi_callback_info info) {
   }
   wsrt_config_free(cfg);
   g.env = env;
+  g.js_thread = pthread_self();
   g.batch = wsrt_batch_new();
   g.finalized = 0;
   NAPI(napi_create_reference(env, argv[0], 1, &g.callback));
