@@ -797,7 +797,7 @@ fn oversize_frames_are_refused_from_their_header_alone() {
         let mut s = raw_ws(srv.addr, "/");
         // The header alone announces the length: no payload is ever sent.
         let mut f = vec![0x82, 0x80 | 127];
-        f.extend_from_slice(&(len as u64).to_be_bytes());
+        f.extend_from_slice(&len.to_be_bytes());
         f.extend_from_slice(&[1, 2, 3, 4]);
         s.write_all(&f).unwrap();
         assert_eq!(read_until_close(&mut s), Some(1009), "length {len}");
@@ -1358,7 +1358,7 @@ fn remote_seen(srv: &TestServer, prefix: &[u8], extra: &str) -> Result<String, u
     let mut req = prefix.to_vec();
     req.extend_from_slice(upgrade_request("/", extra).as_bytes());
     s.write_all(&req).unwrap();
-    let (status, head) = read_head(&mut s);
+    let (status, _) = read_head(&mut s);
     if status != 101 {
         return Err(status);
     }
@@ -1366,10 +1366,6 @@ fn remote_seen(srv: &TestServer, prefix: &[u8], extra: &str) -> Result<String, u
         Ev::Open(_, remote) => Ok(remote),
         _ => unreachable!(),
     }
-    .map(|r| {
-        let _ = head;
-        r
-    })
 }
 
 fn ip_of(remote: &str) -> &str {
