@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/cgo"
 	"sync/atomic"
 	"syscall"
@@ -46,9 +47,15 @@ func goFinalize(p unsafe.Pointer) {
 	atomic.AddInt64(&finalized, 1)
 }
 
-func check(rc C.int, what string) {
+// check exits on a negative status with wsrt's detail. wsrt_last_error is per OS thread:
+// only valid on a goroutine locked to its thread (main is); others use check(rc, what, false).
+func check(rc C.int, what string, detail ...bool) {
 	if rc < 0 {
-		fmt.Fprintf(os.Stderr, "%s: %s\n", what, C.GoString(C.wsrt_last_error()))
+		msg := C.GoString(C.wsrt_strerror(rc))
+		if len(detail) == 0 || detail[0] {
+			msg = C.GoString(C.wsrt_last_error())
+		}
+		fmt.Fprintf(os.Stderr, "%s: %s\n", what, msg)
 		os.Exit(1)
 	}
 }
@@ -94,6 +101,9 @@ func dupSocket(c *net.TCPConn) (int, error) {
 }
 
 func main() {
+	// wsrt_last_error() is per OS thread, and a goroutine may move between threads between
+	// two cgo calls: keep main on one thread so its error details are its own.
+	runtime.LockOSThread()
 	cfg := C.wsrt_config_new()
 	for _, kv := range [][2]string{{"listen", "127.0.0.1:0"}, {"workers", "2"}} {
 		ck, cv := C.CString(kv[0]), C.CString(kv[1])
@@ -122,7 +132,7 @@ func main() {
 				timeout = 0
 			}
 			n := C.wsrt_poll(srv, batch, 256, timeout)
-			check(n, "poll")
+			check(n, "poll", false)
 			for i := 0; i < int(n); i++ {
 				handle(srv, C.wsrt_batch_get(batch, C.size_t(i)))
 			}
