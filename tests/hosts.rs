@@ -244,25 +244,29 @@ impl Drop for Host {
     }
 }
 
-/// Echo through a real client: text (ASCII and multi-byte), a 70 000-byte binary message
-/// (64-bit length), then a clean close.
+/// Echo through a real client (see `echo_on`).
 fn echo(addr: SocketAddr, path: &str) {
-    let mut ws = client(addr, path);
+    echo_on(client(addr, path), &format!("{addr}{path}"));
+}
+
+/// Echo text (ASCII and multi-byte), a 70 000-byte binary message (64-bit length) and an
+/// empty one, then a clean close.
+fn echo_on(mut ws: Client, at: &str) {
     for msg in [
-        WsMessage::text(format!("from the host at {path}")),
+        WsMessage::text(format!("from the host at {at}")),
         WsMessage::binary((0..70_000u32).map(|i| i as u8).collect::<Vec<u8>>()),
         WsMessage::text("héllo ✓"),
         WsMessage::binary(Vec::new()),
     ] {
         ws.send(msg.clone()).unwrap();
-        assert_eq!(ws.read().expect("echo"), msg, "echo at {addr}{path}");
+        assert_eq!(ws.read().expect("echo"), msg, "echo at {at}");
     }
     ws.close(None).unwrap();
     loop {
         match ws.read() {
             Ok(_) => {}
             Err(tungstenite::Error::ConnectionClosed) => break,
-            Err(e) => panic!("unclean close at {addr}{path}: {e}"),
+            Err(e) => panic!("unclean close at {at}: {e}"),
         }
     }
 }
@@ -394,10 +398,36 @@ fn find_jdk(env: &str, want: impl Fn(u32) -> bool) -> Option<PathBuf> {
     found.pop().map(|(_, p)| p)
 }
 
-/// Two clients at once, interleaved, then each closes.
-fn echo_two(addr: SocketAddr) {
-    let a = std::thread::spawn(move || echo(addr, "/jvm-a"));
-    let b = std::thread::spawn(move || echo(addr, "/jvm-b"));
+/// The JVM programs decide upgrades themselves (WSRT_FLAG_DECIDE_UPGRADES, the Ring / Sente
+/// shape): without `X-Token: secret` the answer is 403; with it, 101 carries the header the
+/// program added (`X-Host: NAME`). Then two clients at once, interleaved, each closing.
+fn jvm_upgrades_and_echo(addr: SocketAddr, name: &'static str) {
+    let mut s = tcp(addr);
+    s.write_all(upgrade_request("/no-token", "X-Token: wrong\r\n").as_bytes())
+        .unwrap();
+    let (status, head) = read_head(&mut s);
+    assert_eq!(status, 403, "{head}");
+    drop(s);
+    let open = move |path: &str| {
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{addr}{path}"
+        ))
+        .unwrap();
+        req.headers_mut()
+            .insert("X-Token", "secret".parse().unwrap());
+        let (ws, resp) = tungstenite::connect(req).expect("upgrade with the token");
+        assert_eq!(
+            resp.headers().get("x-host").map(|v| v.to_str().unwrap()),
+            Some(name),
+            "the 101 carries the header the host added: {resp:?}"
+        );
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(WAIT)).unwrap();
+        }
+        echo_on(ws, path);
+    };
+    let a = std::thread::spawn(move || open("/jvm-a"));
+    let b = std::thread::spawn(move || open("/jvm-b?x=1"));
     a.join().unwrap();
     b.join().unwrap();
 }
@@ -418,30 +448,40 @@ fn jvm_ffm_thread_blocked_in_poll() {
     let lib = release_lib();
     let tmp = TempDir::new("ffm");
 
-    // What the C compiler says about struct wsrt_event, in the program's format.
-    let fields = [
-        "kind",
-        "conn",
-        "data",
-        "len",
-        "is_text",
-        "close_code",
-        "clean",
-        "remote_addr",
-        "path",
-        "query",
-        "subprotocol",
-        "origin",
-        "headers",
-        "header_count",
-        "user_data",
+    // What the C compiler says about wsrt_event and wsrt_header, in the program's format.
+    let structs: [(&str, &[&str]); 2] = [
+        (
+            "wsrt_event",
+            &[
+                "kind",
+                "conn",
+                "data",
+                "len",
+                "is_text",
+                "close_code",
+                "clean",
+                "remote_addr",
+                "path",
+                "query",
+                "subprotocol",
+                "origin",
+                "headers",
+                "header_count",
+                "user_data",
+            ],
+        ),
+        ("wsrt_header", &["name", "value"]),
     ];
     let mut c = String::from(
         "#include <stddef.h>\n#include <stdio.h>\n#include <wsrt.h>\nint main(void) {\n  \
-         printf(\"layout: size %zu\", sizeof(wsrt_event));\n",
+         printf(\"layout: \");\n",
     );
-    for f in fields {
-        c += &format!("  printf(\", {f} %zu\", offsetof(wsrt_event, {f}));\n");
+    for (i, (name, fields)) in structs.iter().enumerate() {
+        let sep = if i > 0 { "; " } else { "" };
+        c += &format!("  printf(\"{sep}{name} size %zu\", sizeof({name}));\n");
+        for f in *fields {
+            c += &format!("  printf(\", {f} %zu\", offsetof({name}, {f}));\n");
+        }
     }
     c += "  printf(\"\\n\");\n  return 0;\n}\n";
     std::fs::write(tmp.0.join("layout.c"), c).unwrap();
@@ -468,7 +508,7 @@ fn jvm_ffm_thread_blocked_in_poll() {
         c_layout.trim_end(),
         "SmokeFfm's MemoryLayout of wsrt_event vs the C compiler"
     );
-    echo_two(host.addr("listening on "));
+    jvm_upgrades_and_echo(host.addr("listening on "), "ffm");
     host.stop_expecting(2);
 }
 
@@ -525,6 +565,6 @@ fn jvm_jni_on_jdk17() {
             .arg(out)
             .arg("SmokeJni"),
     );
-    echo_two(host.addr("listening on "));
+    jvm_upgrades_and_echo(host.addr("listening on "), "jni");
     host.stop_expecting(2);
 }

@@ -1,9 +1,11 @@
 // JDK 22+ (java.lang.foreign) smoke test of the wsrt C ABI, no native shim: a platform thread
-// blocked in wsrt_poll echoes every message; each connection carries a handle to a Java
-// object, released by wsrt's finalizer (an upcall) exactly once.
+// blocked in wsrt_poll decides every upgrade (the Ring / Sente shape: the request's headers
+// are seen before accepting; X-Token must be "secret", else 403) and echoes every message;
+// each connection carries a handle to a Java object, released by wsrt's finalizer (an
+// upcall) exactly once.
 // Run: java --enable-native-access=ALL-UNNAMED SmokeFfm.java /path/to/libwsrt.so
-// Prints "layout: ..." (the wsrt_event layout as this program sees it; the test compares it
-// with the C compiler's), "listening on PORT"; on SIGTERM shuts wsrt down, prints
+// Prints "layout: ..." (wsrt_event and wsrt_header as this program lays them out; the test
+// compares that with the C compiler's offsets), "listening on PORT"; on SIGTERM shuts wsrt down, prints
 // "stopped: opened N, closed N, finalized N" and exits 0.
 import java.lang.foreign.*;
 import java.lang.invoke.MethodHandle;
@@ -19,7 +21,8 @@ import static java.lang.foreign.MemoryLayout.PathElement.groupElement;
 import static java.lang.foreign.ValueLayout.*;
 
 public class SmokeFfm {
-    static final int EVENT_OPEN = 2, EVENT_MESSAGE = 3, EVENT_CLOSE = 6;
+    static final int EVENT_UPGRADE = 1, EVENT_OPEN = 2, EVENT_MESSAGE = 3, EVENT_CLOSE = 6;
+    static final int FLAG_DECIDE_UPGRADES = 1;
     static final Linker LINKER = Linker.nativeLinker();
     static final ValueLayout SIZE_T = (ValueLayout) LINKER.canonicalLayouts().get("size_t");
     static final ValueLayout BOOL = (ValueLayout) LINKER.canonicalLayouts().get("bool");
@@ -44,6 +47,12 @@ public class SmokeFfm {
             ADDRESS.withName("headers"),
             SIZE_T.withName("header_count"),
             ADDRESS.withName("user_data")).withName("wsrt_event");
+    /** struct wsrt_header. */
+    static final StructLayout HEADER = MemoryLayout.structLayout(
+            ADDRESS.withName("name"), ADDRESS.withName("value")).withName("wsrt_header");
+    static final long HEADER_NAME = HEADER.byteOffset(groupElement("name")),
+            HEADER_VALUE = HEADER.byteOffset(groupElement("value"));
+    static final VarHandle HEADERS = field("headers"), HEADER_COUNT = field("header_count");
     static final VarHandle KIND = field("kind"), CONN = field("conn"), DATA = field("data"),
             LEN = field("len"), IS_TEXT = field("is_text"), CLOSE_CODE = field("close_code"),
             PATH = field("path"), USER_DATA = field("user_data");
@@ -66,19 +75,13 @@ public class SmokeFfm {
     record Connection(long conn, String path) {}
 
     static MethodHandle configNew, configSet, configFree, start, port, batchNew, batchFree, poll,
-            batchGet, send, setData, shutdown, free, lastError;
+            batchGet, send, setData, shutdown, free, lastError, accept, reject;
+    static Arena arena;
 
     public static void main(String[] args) throws Throwable {
-        StringBuilder layout = new StringBuilder("layout: size " + EVENT.byteSize());
-        for (MemoryLayout m : EVENT.memberLayouts()) {
-            if (m.name().isPresent()) {
-                layout.append(", ").append(m.name().get()).append(' ')
-                        .append(EVENT.byteOffset(groupElement(m.name().get())));
-            }
-        }
-        System.out.println(layout);
+        System.out.println("layout: " + describe(EVENT) + "; " + describe(HEADER));
 
-        Arena arena = Arena.ofShared(); // the library, strings and the finalizer stub
+        arena = Arena.ofShared(); // the library, strings and the finalizer stub
         SymbolLookup lib = SymbolLookup.libraryLookup(args[0], arena);
         configNew = fn(lib, "wsrt_config_new", FunctionDescriptor.of(ADDRESS));
         configSet = fn(lib, "wsrt_config_set", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS));
@@ -94,6 +97,8 @@ public class SmokeFfm {
         shutdown = fn(lib, "wsrt_server_shutdown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
         free = fn(lib, "wsrt_server_free", FunctionDescriptor.ofVoid(ADDRESS));
         lastError = fn(lib, "wsrt_last_error", FunctionDescriptor.of(ADDRESS));
+        accept = fn(lib, "wsrt_accept", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS, ADDRESS, SIZE_T));
+        reject = fn(lib, "wsrt_reject", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_SHORT, ADDRESS, ADDRESS, SIZE_T));
         MemorySegment finalizer = LINKER.upcallStub(
                 MethodHandles.lookup().findStatic(SmokeFfm.class, "release",
                         MethodType.methodType(void.class, MemorySegment.class)),
@@ -103,7 +108,7 @@ public class SmokeFfm {
         check((int) configSet.invokeExact(cfg, arena.allocateFrom("listen"), arena.allocateFrom("127.0.0.1:0")), "listen");
         check((int) configSet.invokeExact(cfg, arena.allocateFrom("workers"), arena.allocateFrom("2")), "workers");
         MemorySegment out = arena.allocate(ADDRESS);
-        int rc = (int) start.invokeExact(cfg, MemorySegment.NULL, MemorySegment.NULL, 0, out);
+        int rc = (int) start.invokeExact(cfg, MemorySegment.NULL, MemorySegment.NULL, FLAG_DECIDE_UPGRADES, out);
         configFree.invokeExact(cfg);
         check(rc, "start");
         MemorySegment srv = out.get(ADDRESS, 0);
@@ -154,9 +159,35 @@ public class SmokeFfm {
     static void handle(MemorySegment srv, MemorySegment ev, MemorySegment finalizer) throws Throwable {
         long conn = (long) CONN.get(ev, 0L);
         switch ((int) KIND.get(ev, 0L)) {
+            case EVENT_UPGRADE -> {
+                // Decide from the request (a real host would check a session cookie / CSRF).
+                MemorySegment headers = ((MemorySegment) HEADERS.get(ev, 0L))
+                        .reinterpret(HEADER.byteSize() * (long) HEADER_COUNT.get(ev, 0L));
+                String token = null;
+                for (MemorySegment h : headers.elements(HEADER).toList()) {
+                    if (cString(h.get(ADDRESS, HEADER_NAME)).equalsIgnoreCase("x-token")) {
+                        token = cString(h.get(ADDRESS, HEADER_VALUE));
+                    }
+                }
+                int rc;
+                if ("secret".equals(token)) {
+                    try (Arena call = Arena.ofConfined()) {
+                        MemorySegment extra = call.allocate(HEADER); // added to the 101
+                        extra.set(ADDRESS, HEADER_NAME, call.allocateFrom("X-Host"));
+                        extra.set(ADDRESS, HEADER_VALUE, call.allocateFrom("ffm"));
+                        rc = (int) accept.invokeExact(srv, conn, MemorySegment.NULL, extra, 1L);
+                    }
+                } else {
+                    try (Arena call = Arena.ofConfined()) {
+                        rc = (int) reject.invokeExact(srv, conn, (short) 403,
+                                call.allocateFrom("token required"), MemorySegment.NULL, 0L);
+                    }
+                }
+                if (rc < 0) System.err.println("accept/reject failed: " + rc);
+            }
             case EVENT_OPEN -> {
                 opened.incrementAndGet();
-                String path = ((MemorySegment) PATH.get(ev, 0L)).reinterpret(Long.MAX_VALUE).getString(0);
+                String path = cString((MemorySegment) PATH.get(ev, 0L));
                 long h = NEXT_HANDLE.getAndIncrement();
                 HANDLES.put(h, new Connection(conn, path));
                 if ((int) setData.invokeExact(srv, conn, MemorySegment.ofAddress(h), finalizer) != 0) {
@@ -179,6 +210,20 @@ public class SmokeFfm {
             default -> {
             }
         }
+    }
+
+    /** "NAME size N, FIELD OFFSET, ..." (padding left out), as the test prints it from C. */
+    static String describe(StructLayout layout) {
+        StringBuilder out = new StringBuilder(layout.name().orElseThrow() + " size " + layout.byteSize());
+        for (MemoryLayout m : layout.memberLayouts()) {
+            m.name().ifPresent(name -> out.append(", ").append(name).append(' ')
+                    .append(layout.byteOffset(groupElement(name))));
+        }
+        return out.toString();
+    }
+
+    static String cString(MemorySegment p) {
+        return p.equals(MemorySegment.NULL) ? null : p.reinterpret(Long.MAX_VALUE).getString(0);
     }
 
     static void check(int rc, String what) throws Throwable {

@@ -1,6 +1,7 @@
 // JDK 17 (JNI) smoke test of the wsrt C ABI, the same shape as ../ffm/SmokeFfm.java: a
-// platform thread blocked in poll() gets events as Java objects and echoes through send();
-// each connection carries a JNI global ref to a Java object, deleted by wsrt's finalizer.
+// platform thread blocked in poll() gets events as Java objects, decides every upgrade from
+// its headers (X-Token must be "secret", else 403) and echoes through send(); each
+// connection carries a JNI global ref to a Java object, deleted by wsrt's finalizer.
 // Build: javac -h . -d OUT SmokeJni.java; cc -shared -fPIC -I$JAVA_HOME/include
 //   -I$JAVA_HOME/include/linux -I include wsrt_jni.c libwsrt.a -lpthread -ldl -lm
 //   -o OUT/libwsrt_jni.so
@@ -9,7 +10,7 @@
 import java.util.concurrent.atomic.AtomicBoolean;
 
 public class SmokeJni {
-    static final int EVENT_OPEN = 2, EVENT_MESSAGE = 3, EVENT_CLOSE = 6;
+    static final int EVENT_UPGRADE = 1, EVENT_OPEN = 2, EVENT_MESSAGE = 3, EVENT_CLOSE = 6;
 
     /** One event, as the shim copies it out of the batch. */
     public static final class Event {
@@ -17,14 +18,17 @@ public class SmokeJni {
         public long conn;
         public byte[] data;      // MESSAGE payload, CLOSE reason
         public boolean text;
-        public String path;      // OPEN
+        public String path;      // UPGRADE, OPEN
+        public String[] headers; // UPGRADE, OPEN: name, value, name, value, ...
         public int closeCode;    // CLOSE
         public Object attached;  // CLOSE: the object given to attach()
     }
 
     record Connection(long conn, String path) {}
 
-    static native int start(); // returns the port
+    static native int start(); // returns the port; upgrades wait for accept() / reject()
+    static native int accept(long conn, String[] headers); // extra 101 headers: name, value, ...
+    static native int reject(long conn, int status, String body);
     static native Event[] poll(int max, int timeoutMs); // null when the server failed
     static native void pollDone(); // frees the calling thread's batch
     static native int send(long conn, byte[] data, boolean text);
@@ -66,6 +70,17 @@ public class SmokeJni {
 
     static void handle(Event e) {
         switch (e.kind) {
+            case EVENT_UPGRADE -> {
+                // Decide from the request (a real host would check a session cookie / CSRF).
+                String token = null;
+                for (int i = 0; i + 1 < e.headers.length; i += 2) {
+                    if (e.headers[i].equalsIgnoreCase("x-token")) token = e.headers[i + 1];
+                }
+                int rc = "secret".equals(token)
+                        ? accept(e.conn, new String[] {"X-Host", "jni"})
+                        : reject(e.conn, 403, "token required");
+                if (rc < 0) System.err.println("accept/reject: " + lastError());
+            }
             case EVENT_OPEN -> {
                 opened++;
                 attach(e.conn, new Connection(e.conn, e.path)); // WSRT_ERR_GONE: nothing attached
