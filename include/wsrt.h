@@ -219,6 +219,9 @@ void wsrt_config_free(wsrt_config *config);
 // `wsrt_poll`); otherwise callback mode, with `user_data` passed to every callback (it must
 // be usable from any worker thread). `flags`: `WSRT_FLAG_DECIDE_UPGRADES` or 0.
 // On success `*out` is a server to free with `wsrt_server_free`.
+// wsrt's threads run with SIGPIPE blocked, so a client that vanishes mid-write is an
+// error for wsrt, never a SIGPIPE that kills the host; the caller's own mask and signal
+// dispositions are left as they were. (Callbacks run on these threads too.)
 //
 // # Safety
 // `config` comes from `wsrt_config_new`; `callbacks` is NULL or points to a struct read
@@ -381,15 +384,19 @@ int wsrt_broadcast(const wsrt_server *server, const uint8_t *data, size_t len, b
 
 // Accept a deferred upgrade (UPGRADE event or `WSRT_DEFER`). `subprotocol` (NULL = the
 // server's choice) must be one the client offered; `headers` (e.g. Set-Cookie) are added
-// to the 101 response.
+// to the 101 response. `WSRT_ERR_INVALID` if the connection is already open (there is no
+// upgrade left to decide); `WSRT_ERR_GONE` if the client left or `handshake_timeout`
+// passed. Any thread.
 //
 // # Safety
 // `server` comes from `wsrt_server_start`; `subprotocol` is NULL or NUL-terminated;
 // `headers` points to `header_count` headers.
 int wsrt_accept(const wsrt_server *server, uint64_t conn, const char *subprotocol, const wsrt_header *headers, size_t header_count);
 
-// Reject a deferred upgrade with `status` (400..=599), a plain-text `body` (may be NULL)
-// and extra headers.
+// Reject a deferred upgrade with `status` (400..=599, else `WSRT_ERR_INVALID`), a
+// plain-text `body` (may be NULL) and extra headers. `WSRT_ERR_INVALID` if the connection
+// is already open; `WSRT_ERR_GONE` if the client left or `handshake_timeout` passed. Any
+// thread.
 //
 // # Safety
 // `server` comes from `wsrt_server_start`; `body` is NULL or NUL-terminated; `headers`

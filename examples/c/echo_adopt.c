@@ -1,7 +1,8 @@
 /* echo_adopt: the host accepts connections on its own listener, reads the HTTP request head
  * itself (as Node's 'upgrade' event, Go's Hijack or a JVM server would), and hands socket and
  * head to wsrt with wsrt_adopt. A second thread drains events and echoes.
- * Usage: echo_adopt; prints "listening on PORT" (the host's own port); stops on SIGTERM. */
+ * Usage: echo_adopt [IPv4:port] (the host's own listener, default 127.0.0.1:0); prints
+ * "listening on PORT" (the host's own port); stops on SIGTERM/SIGINT (signalfd). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -10,6 +11,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -34,7 +36,7 @@ static void *poller(void *arg) {
   return NULL;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -56,6 +58,23 @@ int main(void) {
   memset(&addr, 0, sizeof addr);
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (argc > 1) {
+    char host[64];
+    snprintf(host, sizeof host, "%s", argv[1]);
+    char *colon = strrchr(host, ':');
+    if (colon == NULL) {
+      fprintf(stderr, "usage: echo_adopt [IPv4:port]\n");
+      return 2;
+    }
+    *colon = '\0';
+    addr.sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+      fprintf(stderr, "not an IPv4 address: %s\n", host);
+      return 2;
+    }
+  }
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   socklen_t len = sizeof addr;
   if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(lfd, 64) != 0 ||
       getsockname(lfd, (struct sockaddr *)&addr, &len) != 0) {

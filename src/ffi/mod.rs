@@ -404,6 +404,9 @@ pub unsafe extern "C" fn wsrt_config_free(config: *mut wsrt_config) {
 /// `wsrt_poll`); otherwise callback mode, with `user_data` passed to every callback (it must
 /// be usable from any worker thread). `flags`: `WSRT_FLAG_DECIDE_UPGRADES` or 0.
 /// On success `*out` is a server to free with `wsrt_server_free`.
+/// wsrt's threads run with SIGPIPE blocked, so a client that vanishes mid-write is an
+/// error for wsrt, never a SIGPIPE that kills the host; the caller's own mask and signal
+/// dispositions are left as they were. (Callbacks run on these threads too.)
 ///
 /// # Safety
 /// `config` comes from `wsrt_config_new`; `callbacks` is NULL or points to a struct read
@@ -445,7 +448,10 @@ pub unsafe extern "C" fn wsrt_server_start(
                 Err(e) => return fail(WSRT_ERR_IO, format!("cannot create the event fd: {e}")),
             },
         };
-        let server = match Server::start_arc(cfg.opts.clone(), handler) {
+        // Worker threads inherit this thread's signal mask: started with SIGPIPE blocked,
+        // a write to a peer that is gone fails with EPIPE instead of killing the host
+        // (a Rust binary ignores SIGPIPE at startup; a C, Node, JVM or Go host does not).
+        let server = match without_sigpipe(|| Server::start_arc(cfg.opts.clone(), handler)) {
             Ok(s) => s,
             Err(crate::Error::Option(e)) => return fail(WSRT_ERR_OPTION, e.to_string()),
             Err(e) => return fail(WSRT_ERR_IO, e.to_string()),
@@ -464,6 +470,26 @@ pub unsafe extern "C" fn wsrt_server_start(
         unsafe { *out = Box::into_raw(boxed) };
         WSRT_OK
     })
+}
+
+/// Run `f` with SIGPIPE blocked on this thread (threads it spawns keep it blocked), then
+/// restore the caller's mask.
+fn without_sigpipe<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: sigemptyset/sigaddset write into a local sigset_t that we own.
+    let (block, mut old) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        (set, std::mem::zeroed::<libc::sigset_t>())
+    };
+    // SAFETY: both pointers are to valid local sigset_t values.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old) } == 0;
+    let r = f();
+    if blocked {
+        // SAFETY: restores the mask saved above; `old` is a valid sigset_t.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    r
 }
 
 /// The port the server listens on (useful with `listen` port 0).
@@ -1242,7 +1268,9 @@ pub unsafe extern "C" fn wsrt_broadcast(
 
 /// Accept a deferred upgrade (UPGRADE event or `WSRT_DEFER`). `subprotocol` (NULL = the
 /// server's choice) must be one the client offered; `headers` (e.g. Set-Cookie) are added
-/// to the 101 response.
+/// to the 101 response. `WSRT_ERR_INVALID` if the connection is already open (there is no
+/// upgrade left to decide); `WSRT_ERR_GONE` if the client left or `handshake_timeout`
+/// passed. Any thread.
 ///
 /// # Safety
 /// `server` comes from `wsrt_server_start`; `subprotocol` is NULL or NUL-terminated;
@@ -1275,6 +1303,9 @@ pub unsafe extern "C" fn wsrt_accept(
             Ok(h) => h,
             Err(rc) => return rc,
         };
+        if let Err(rc) = not_open(s, conn) {
+            return rc;
+        }
         if s.handle.accept(
             ConnId::from_raw(conn),
             Accept {
@@ -1292,8 +1323,10 @@ pub unsafe extern "C" fn wsrt_accept(
     })
 }
 
-/// Reject a deferred upgrade with `status` (400..=599), a plain-text `body` (may be NULL)
-/// and extra headers.
+/// Reject a deferred upgrade with `status` (400..=599, else `WSRT_ERR_INVALID`), a
+/// plain-text `body` (may be NULL) and extra headers. `WSRT_ERR_INVALID` if the connection
+/// is already open; `WSRT_ERR_GONE` if the client left or `handshake_timeout` passed. Any
+/// thread.
 ///
 /// # Safety
 /// `server` comes from `wsrt_server_start`; `body` is NULL or NUL-terminated; `headers`
@@ -1333,6 +1366,9 @@ pub unsafe extern "C" fn wsrt_reject(
             Ok(h) => h,
             Err(rc) => return rc,
         };
+        if let Err(rc) = not_open(s, conn) {
+            return rc;
+        }
         if s.handle.reject(
             ConnId::from_raw(conn),
             Reject {
@@ -1349,6 +1385,17 @@ pub unsafe extern "C" fn wsrt_reject(
             )
         }
     })
+}
+
+/// `WSRT_ERR_INVALID` when `conn` is an open connection: its upgrade was decided already.
+fn not_open(s: &wsrt_server, conn: u64) -> Result<(), c_int> {
+    if s.handle.is_open(ConnId::from_raw(conn)) {
+        return Err(fail(
+            WSRT_ERR_INVALID,
+            "the connection is open already: there is no upgrade left to decide",
+        ));
+    }
+    Ok(())
 }
 
 /// Hand over an already-connected TCP socket together with the bytes already read from it
