@@ -363,9 +363,11 @@ impl ConnState {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
+        if !c.opened || !c.close_sent {
+            consider(c.drain_at);
+        }
         if c.opened && !c.close_sent {
             consider(c.next_ping);
-            consider(c.drain_at);
             if !opts.idle_timeout.is_zero() {
                 consider(Some(c.last_read + opts.idle_timeout));
             }
@@ -376,7 +378,17 @@ impl ConnState {
     pub fn on_timer(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
         let opts = (ctx.shared.opts.idle_timeout, ctx.shared.opts.ping_interval);
+        let silent = self.sent_nothing();
         let core = &mut self.core;
+        if !core.opened && core.drain_at.is_some_and(|t| t <= now) {
+            core.drain_at = None;
+            if silent {
+                // Shutting down and the client never sent a byte: nothing to answer or lose.
+                core.finish = Finish::Now;
+                return;
+            }
+            // Mid-request: it gets its 503 when the request completes (see on_request).
+        }
         if core.deadline.is_some_and(|d| d <= now) {
             core.deadline = None;
             match &self.input {
@@ -428,8 +440,21 @@ impl ConnState {
             let r = shutting_down_rejection(core.peer);
             core.reject(&r, ctx);
             self.input = Input::Discard;
+        } else if self.sent_nothing() {
+            // Pre-opened connections (load balancer pools) would otherwise hold the
+            // shutdown until handshake_timeout: close them when the closing starts.
+            self.core.drain_at = Some(close_at);
         }
         // Connections still sending their request get 503 when it completes (see on_request).
+    }
+
+    /// Not a byte has arrived yet (not even a PROXY header).
+    fn sent_nothing(&self) -> bool {
+        match &self.input {
+            Input::Proxy(reader) => reader.buffered() == 0,
+            Input::Request(reader) => self.core.first_read && reader.buffered() == 0,
+            _ => false,
+        }
     }
 
     /// Closed for good: run `on_close` (if it was opened) and leave topics.

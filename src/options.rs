@@ -30,6 +30,7 @@ pub enum ProxyProtocol {
 pub struct Options {
     pub listen: SocketAddr,
     pub workers: usize,
+    pub listen_backlog: u32,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -124,6 +125,17 @@ pub static OPTIONS: &[OptionSpec] = &[
             Ok(())
         },
         get: |o| o.workers.to_string(),
+    },
+    OptionSpec {
+        name: "listen_backlog",
+        kind: "integer",
+        default: "1024",
+        doc: "Connections the kernel queues before they are accepted (capped by net.core.somaxconn); a burst beyond it waits for SYN retransmits.",
+        set: |o, v| {
+            o.listen_backlog = parse_int(v, 1, 65_535)? as u32;
+            Ok(())
+        },
+        get: |o| o.listen_backlog.to_string(),
     },
     OptionSpec {
         name: "max_connections",
@@ -515,6 +527,7 @@ impl Default for Options {
         let mut o = Options {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             workers: 0,
+            listen_backlog: 0,
             max_connections: 0,
             max_header_bytes: 0,
             max_headers: 0,

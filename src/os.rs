@@ -46,6 +46,18 @@ fn termination_set() -> io::Result<libc::sigset_t> {
     Ok(set)
 }
 
+/// Set the listen queue's length on a socket that is already listening (Linux applies a
+/// repeated `listen` to the live queue). mio and std listen with 128, too short for a
+/// reconnect storm: an overflow drops the SYN and that client waits a second for its retry.
+pub fn set_listen_backlog(listener: &impl std::os::fd::AsRawFd, backlog: u32) -> io::Result<()> {
+    let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
+    // SAFETY: listen takes a descriptor and an integer; the descriptor is borrowed and open.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Raise the soft limit on open files to the hard limit (servers hold one fd per client).
 /// Returns the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {

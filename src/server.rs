@@ -256,6 +256,8 @@ impl Server {
         let io_err = |context: String| move |source| Error::Io { context, source };
         let mut listener = mio::net::TcpListener::bind(opts.listen)
             .map_err(io_err(format!("cannot listen on {}", opts.listen)))?;
+        crate::os::set_listen_backlog(&listener, opts.listen_backlog)
+            .map_err(io_err("cannot set the listen backlog".into()))?;
         let local_addr = listener
             .local_addr()
             .map_err(io_err("cannot read the listening address".into()))?;

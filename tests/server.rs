@@ -236,6 +236,43 @@ fn graceful_shutdown_sends_everything_queued_then_1001() {
     );
 }
 
+/// Load balancers pre-open connections and send nothing until a request comes. On shutdown
+/// those are closed at once (nothing was asked, nothing is lost) instead of holding the
+/// shutdown until handshake_timeout; a client halfway through its request still gets a 503.
+#[test]
+fn shutdown_closes_silent_connections_and_answers_half_sent_requests() {
+    let mut srv = TestServer::start(&[("handshake_timeout", "60s"), ("shutdown_timeout", "60s")]);
+    let mut silent: Vec<_> = (0..20).map(|_| tcp(srv.addr)).collect();
+    let mut half = tcp(srv.addr);
+    let request = upgrade_request("/", "");
+    let (first, rest) = request.split_at(20);
+    half.write_all(first.as_bytes()).unwrap();
+    // Every connection is in the server's hands before shutdown starts.
+    let h = srv.handle();
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.stats().accepted < 21 {
+        assert!(std::time::Instant::now() < deadline, "connections accepted");
+        std::thread::yield_now();
+    }
+    h.shutdown();
+    for s in &mut silent {
+        assert_eof(s); // bounded by WAIT (the read timeout), far below handshake_timeout
+    }
+    half.write_all(rest.as_bytes()).unwrap();
+    let (status, head) = read_head(&mut half);
+    assert_eq!(status, 503, "{head}");
+    drop(half); // the refused connection lingers until its client closes
+    let server = srv.server.take().unwrap();
+    let (done, joined) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.join();
+        let _ = done.send(());
+    });
+    joined
+        .recv_timeout(WAIT)
+        .expect("shutdown ends once every connection is answered, not at handshake_timeout");
+}
+
 #[test]
 fn health_check_fails_during_drain_delay() {
     let srv = TestServer::start(&[("drain_delay", "2s"), ("health_path", "/healthz")]);
