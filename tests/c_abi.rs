@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tungstenite::Message as WsMessage;
@@ -98,11 +99,16 @@ impl Drop for Running {
 }
 
 fn run(bin: &Path) -> Running {
-    run_with(bin, Stdio::inherit(), &[])
+    run_with(bin, &[], Stdio::inherit(), &[])
 }
 
-fn run_with(bin: &Path, stderr: Stdio, env: &[(&str, &str)]) -> Running {
+fn run_args(bin: &Path, args: &[&str]) -> Running {
+    run_with(bin, args, Stdio::inherit(), &[])
+}
+
+fn run_with(bin: &Path, args: &[&str], stderr: Stdio, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(bin)
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -132,7 +138,16 @@ fn stop(mut r: Running) -> Vec<String> {
         .status()
         .unwrap();
     assert!(st.success());
+    // Bounded: a watchdog kills the program if it has not exited 20 s after SIGTERM.
+    let (done, watch) = mpsc::channel::<()>();
+    let pid = r.child.id().to_string();
+    std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
     let status = r.child.wait().unwrap();
+    let _ = done.send(());
     assert!(status.success(), "clean exit after SIGTERM: {status}");
     // The reader thread ends at EOF (the process exited): take every line it forwarded.
     let mut lines = Vec::new();
@@ -177,16 +192,19 @@ fn callback_echo_static_and_dynamic() {
 }
 
 #[test]
-fn epoll_loop_echo() {
-    let r = run(&compile("echo_epoll", false));
-    echo_round(r.port, None);
-    stop(r);
+fn epoll_loop_echo_static_and_dynamic() {
+    for dynamic in [false, true] {
+        let r = run(&compile("echo_epoll", dynamic));
+        echo_round(r.port, None);
+        stop(r);
+    }
 }
 
 #[test]
 fn adopted_sockets_echo() {
     for dynamic in [false, true] {
-        let r = run(&compile("echo_adopt", dynamic));
+        // The host's own listener, on the address given in argv.
+        let r = run_args(&compile("echo_adopt", dynamic), &["127.0.0.1:0"]);
         // Two clients: each accepted by the host's own listener, then handed to wsrt.
         echo_round(r.port, None);
         echo_round(r.port, None);
@@ -207,6 +225,7 @@ fn examples_are_clean_under_address_and_leak_sanitizers() {
         let file = std::fs::File::create(&log).unwrap();
         let r = run_with(
             &bin,
+            &[],
             Stdio::from(file),
             &[("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")],
         );
@@ -228,13 +247,12 @@ fn examples_are_clean_under_address_and_leak_sanitizers() {
 
 #[test]
 fn misuse_is_answered_with_errors_and_finalizers_run_once() {
-    let plain = compile("misuse", false);
     let sanitized = compile_with(
         "misuse",
         false,
         &["-fsanitize=address,undefined", "-fno-omit-frame-pointer"],
     );
-    for bin in [plain, sanitized] {
+    for bin in [compile("misuse", false), compile("misuse", true), sanitized] {
         let out = Command::new("timeout")
             .arg("120")
             .arg(&bin)
@@ -248,7 +266,16 @@ fn misuse_is_answered_with_errors_and_finalizers_run_once() {
             "{}\n{stdout}\n{stderr}",
             bin.display()
         );
-        assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+        // One line per section and a total; every section ran and none failed.
+        let sections: Vec<&str> = stdout.lines().filter(|l| l.contains(" passed, ")).collect();
+        assert_eq!(sections.len(), 7, "{stdout}");
+        for line in &sections {
+            let (passed, failed) = counts(line);
+            assert!(passed > 0 && failed == 0, "{line}\n{stdout}");
+        }
+        let total = sections.last().unwrap();
+        assert!(total.starts_with("total: "), "{stdout}");
+        assert!(counts(total).0 >= 200, "{total}");
         assert!(
             !stderr.contains("Sanitizer") && !stderr.contains("runtime error"),
             "{stderr}"
@@ -286,4 +313,183 @@ fn header_is_what_cbindgen_generates() {
         generated == checked_in,
         "include/wsrt.h is stale: regenerate with `cbindgen --config cbindgen.toml --crate wsrt --output include/wsrt.h`"
     );
+}
+
+/// ("... 12 passed, 0 failed ...") → (12, 0).
+fn counts(line: &str) -> (u32, u32) {
+    let num_before = |word: &str| -> u32 {
+        let i = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word:?} in {line:?}"));
+        line[..i]
+            .split(|c: char| !c.is_ascii_digit())
+            .rfind(|s| !s.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num_before(" passed"), num_before(" failed"))
+}
+
+#[test]
+fn deferred_upgrades_reject_without_token_and_accept_with_a_cookie() {
+    let r = run_args(&compile("echo_poll", true), &["--decide"]);
+    let addr = format!("127.0.0.1:{}", r.port).parse().unwrap();
+    let (status, head, body) = http(addr, &upgrade_request("/app?token=no", ""));
+    assert_eq!(status, 403, "{head}");
+    assert_eq!(body, "token required\n");
+    let (status, _, _) = http(addr, &upgrade_request("/app", ""));
+    assert_eq!(status, 403);
+    let (mut ws, resp) =
+        tungstenite::connect(format!("ws://{addr}/app?token=ok")).expect("accepted upgrade");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok()),
+        Some("session=c-example; HttpOnly")
+    );
+    ws.send(WsMessage::text("decided")).unwrap();
+    assert_eq!(ws.read().unwrap(), WsMessage::text("decided"));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    let out = stop(r);
+    assert!(out.iter().any(|l| l == "messages in 1 out 1"), "{out:?}");
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A host that polls slowly with a small event queue: the workers stop reading while the
+/// queue is full, so 10k messages of 16 KiB (160 MiB) flooded at once wait in the kernel's
+/// socket buffers, not in the server's memory; every message is echoed once, in order.
+#[test]
+fn slow_host_pauses_reading_and_memory_stays_bounded() {
+    const COUNT: usize = 10_000;
+    const SIZE: usize = 16 * 1024;
+    let r = run_args(
+        &compile("echo_poll", false),
+        &[
+            "--slow",
+            "--set",
+            "max_queued_events=16",
+            "127.0.0.1:0",
+            "1",
+        ],
+    );
+    let pid = r.child.id();
+    let addr = format!("127.0.0.1:{}", r.port).parse().unwrap();
+    let mut reader = raw_ws(addr, "/flood");
+    let mut writer = reader.try_clone().unwrap();
+    let baseline = vm_rss_kib(pid);
+    let flood = std::thread::spawn(move || {
+        for i in 0..COUNT {
+            let mut payload = vec![(i % 251) as u8; SIZE];
+            payload[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            writer.write_all(&frame(true, 2, &payload, true)).unwrap();
+        }
+    });
+    let (done, finished) = mpsc::channel();
+    let echo = std::thread::spawn(move || {
+        for i in 0..COUNT {
+            let (fin, op, payload) = read_frame(&mut reader);
+            assert!(fin && op == 2 && payload.len() == SIZE, "message {i}");
+            assert_eq!(&payload[..4], &(i as u32).to_be_bytes(), "in order, once");
+            assert!(payload[4..].iter().all(|&b| b == (i % 251) as u8));
+        }
+        reader.write_all(&close_frame(1000, "")).unwrap();
+        let _ = done.send(());
+    });
+    // Sample the server's RSS until the echo is complete (bounded: 120 s).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut peak = baseline;
+    loop {
+        match finished.recv_timeout(Duration::from_millis(20)) {
+            Ok(()) => break,
+            // The reader dropped its sender without finishing: show its panic.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                echo.join().unwrap();
+                unreachable!("the echo reader ended early");
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood was not echoed within 120 s"
+        );
+        peak = peak.max(vm_rss_kib(pid));
+    }
+    echo.join().unwrap();
+    flood.join().unwrap();
+    let grew_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!(
+        "server RSS: {baseline} KiB at rest, peak {peak} KiB (+{grew_mib} MiB) for 160 MiB flooded"
+    );
+    assert!(
+        grew_mib < 48,
+        "RSS grew by {grew_mib} MiB while a slow host polled: reading did not pause"
+    );
+    let out = stop(r);
+    assert!(
+        out.iter()
+            .any(|l| l == &format!("messages in {COUNT} out {COUNT}")),
+        "{out:?}"
+    );
+}
+
+/// The version macros of the header (and what wsrt_version() returns, checked in misuse.c)
+/// match Cargo.toml.
+#[test]
+fn version_macros_match_cargo_toml() {
+    let cargo = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
+    let version = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("version in Cargo.toml");
+    let header = std::fs::read_to_string(Path::new(ROOT).join("include/wsrt.h")).unwrap();
+    let part = |name: &str| -> String {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define WSRT_VERSION_{name} ")))
+            .unwrap_or_else(|| panic!("WSRT_VERSION_{name} in wsrt.h"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        format!("{}.{}.{}", part("MAJOR"), part("MINOR"), part("PATCH")),
+        version
+    );
+    assert_eq!(env!("CARGO_PKG_VERSION"), version);
+}
+
+/// Every function of wsrt.h is called by the C programs (misuse.c alone calls each one).
+#[test]
+fn the_c_programs_use_every_function_of_the_header() {
+    let header = std::fs::read_to_string(Path::new(ROOT).join("include/wsrt.h")).unwrap();
+    let misuse = std::fs::read_to_string(Path::new(ROOT).join("examples/c/misuse.c")).unwrap();
+    // The identifier right before each '(' that starts with wsrt_.
+    let mut functions: Vec<&str> = header
+        .split('(')
+        .filter_map(|before| {
+            let start = before
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |i| i + 1);
+            Some(&before[start..]).filter(|w| w.starts_with("wsrt_"))
+        })
+        .collect();
+    functions.sort();
+    functions.dedup();
+    assert!(functions.len() >= 30, "{functions:?}");
+    let unused: Vec<_> = functions
+        .iter()
+        .filter(|f| !misuse.contains(&format!("{f}(")))
+        .collect();
+    assert!(unused.is_empty(), "misuse.c does not call {unused:?}");
 }
