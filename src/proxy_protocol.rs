@@ -193,9 +193,11 @@ pub fn looks_like_proxy_header(data: &[u8]) -> bool {
 
 /// Whether the bytes after a header clearly start another one. Stricter than
 /// [`looks_like_proxy_header`] so that e.g. a `"POST"` split after `"P"` isn't misread.
+/// Only a whole v2 signature counts: a shorter prefix of it (`"\r\n\r\n"` may also be
+/// blank lines before an HTTP request line) could turn out not to be one once more bytes
+/// arrive, which would make the verdict depend on where the reads were cut.
 fn starts_second_header(rest: &[u8]) -> bool {
-    let v2_prefix = rest.len() >= 4 && V2_SIG.starts_with(&rest[..rest.len().min(V2_SIG.len())]);
-    rest.starts_with(b"PROXY") || v2_prefix
+    rest.starts_with(b"PROXY") || rest.starts_with(V2_SIG)
 }
 
 #[derive(Debug)]
@@ -393,6 +395,9 @@ fn parse_v1(buf: &[u8]) -> Result<Option<ProxyHeader>, ProxyError> {
     let window = &buf[..buf.len().min(V1_MAX_LEN)];
     match window.iter().position(|&b| b == b'\n') {
         Some(lf) => {
+            // First what a reader fed byte by byte saw before the LF, so the error is the
+            // same however the line was split (e.g. a bad protocol, then LF without CR).
+            parse_v1(&buf[..lf])?;
             if buf[lf - 1] != b'\r' {
                 return Err(malformed_v1("line ends with LF without CR"));
             }
@@ -433,7 +438,9 @@ const V1_FIELDS: [&str; 5] = [
 /// Validates the v1 fields after "PROXY " (without CRLF). With `complete == false` the
 /// line is a prefix and its last field may still grow: returns Ok(None) unless it's wrong.
 fn parse_v1_fields(line: &[u8], complete: bool) -> Result<Option<Addresses>, ProxyError> {
-    if line.contains(&b'\r') {
+    if let Some(cr) = line.iter().position(|&b| b == b'\r') {
+        // Whatever was wrong before the CR was reported before the CR arrived.
+        parse_v1_fields(&line[..cr], false)?;
         return Err(malformed_v1("CR not followed by LF"));
     }
     let proto_end = line.iter().position(|&b| b == b' ');
@@ -583,8 +590,12 @@ fn parse_port_prefix(tok: &[u8], name: &str) -> Result<u16, ProxyError> {
             return Err(malformed_v1(format!("{name} has more than 5 digits")));
         }
         v = v * 10 + u32::from(b - b'0');
+        // Checked per digit, so "655364" fails on its fifth digit as its prefix "65536" does.
+        if v > u32::from(u16::MAX) {
+            return Err(malformed_v1(format!("{name} {v} is above 65535")));
+        }
     }
-    u16::try_from(v).map_err(|_| malformed_v1(format!("{name} {v} is above 65535")))
+    Ok(v as u16)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1390,6 +1401,46 @@ mod tests {
         );
     }
 
+    /// Found by fuzz/fuzz_targets/proxy_protocol.rs: a complete line with a bare LF (or a
+    /// stray CR) was "LF without CR" ("CR not followed by LF") in one read, but the earlier
+    /// field error when fed byte by byte; a 6-digit port over 65535 was "more than 5 digits"
+    /// in one read but "above 65535" byte by byte.
+    #[test]
+    fn v1_first_error_wins_however_split() {
+        for (bytes, what) in [
+            (
+                &b"PROXY 6\x0c\n"[..],
+                "unknown protocol starting \"6\" (expected TCP4, TCP6 or UNKNOWN)",
+            ),
+            (
+                b"PROXY TCP4 1.2.x 5.6.7.8 1 2\n",
+                "source address contains 'x', which can't appear in an IPv4 (TCP4) address",
+            ),
+            (b"PROXY TCP4  \n", "empty source address (double space?)"),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+                "line ends with LF without CR",
+            ),
+            (
+                b"PROXY UN]xx\rx\r\n",
+                "unknown protocol starting \"UN]\" (expected TCP4, TCP6 or UNKNOWN)",
+            ),
+            (b"PROXY TCP4 1.2.3.4 5\rx\r\n", "CR not followed by LF"),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 655364 1\r\n",
+                "source port 65536 is above 65535",
+            ),
+        ] {
+            let want = ProxyError::MalformedV1(what.to_owned());
+            expect_err(bytes, Versions::Any, &want);
+            for cut in 1..bytes.len() {
+                let mut r = ProxyReader::new(Versions::Any, MAX);
+                let got = r.feed(&bytes[..cut]).and_then(|_| r.feed(&bytes[cut..]));
+                assert_eq!(got, Err(want.clone()), "cut {cut}");
+            }
+        }
+    }
+
     #[test]
     fn v1_length_limit() {
         let mut line = b"PROXY UNKNOWN ".to_vec();
@@ -1600,7 +1651,7 @@ mod tests {
             (&v1, &v1[..]),
             (&v1, &b"PROXY"[..]),
             (&v1, &v2h[..]),
-            (&v1, &v2h[..4]),
+            (&v1, &v2h[..12]),
             (&v2h, &v1[..]),
             (&v2h, &v2h[..]),
         ] {
@@ -1626,6 +1677,35 @@ mod tests {
         assert!(ProxyError::SecondHeader
             .to_string()
             .contains("proxy protocol is enabled twice"));
+        // Part of a v2 signature is handed back too (it may be blank lines, see below).
+        let mut both = v1.clone();
+        both.extend(&v2h[..11]);
+        let mut r = ProxyReader::new(Versions::Any, MAX);
+        let (_, rest) = r.feed(&both).unwrap().unwrap();
+        assert_eq!(rest, &v2h[..11]);
+        assert!(looks_like_proxy_header(rest));
+    }
+
+    /// Found by fuzz/fuzz_targets/proxy_protocol.rs: a request after blank lines was refused
+    /// as a second header when a read ended inside "\r\n\r\n" (a v2 signature prefix), and
+    /// accepted when the "GET" came in the same read.
+    #[test]
+    fn blank_lines_after_header_accepted_however_split() {
+        let v2h = v2(0x21, 0x11, &addr4([1; 4], [2; 4], 1, 2), &[], false);
+        let v1 = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec();
+        let after = b"\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        for header in [v1, v2h] {
+            let mut full = header.clone();
+            full.extend(after);
+            let mut r = ProxyReader::new(Versions::Any, MAX);
+            let (h, rest) = r.feed(&full).unwrap().unwrap();
+            assert_eq!((h.header_len, rest), (header.len(), &after[..]));
+            for cut in header.len()..full.len() {
+                let mut r = ProxyReader::new(Versions::Any, MAX);
+                let (_, rest) = r.feed(&full[..cut]).unwrap().unwrap();
+                assert_eq!(rest, &after[..cut - header.len()], "cut {cut}");
+            }
+        }
     }
 
     #[test]
