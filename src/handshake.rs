@@ -238,7 +238,7 @@ impl RequestReader {
         for (i, &b) in data.iter().enumerate() {
             // Checked per byte so an endless header never grows the buffer past the limit.
             if old_len + i + 1 > self.limits.max_header_bytes {
-                return Err(too_large(&self.limits));
+                return Err(self.refuse(&data[..i], too_large(&self.limits)));
             }
             match b {
                 b'\n' if self.started => {
@@ -250,7 +250,7 @@ impl RequestReader {
                     }
                     self.lines += 1;
                     if self.lines > self.limits.max_headers.saturating_add(1) {
-                        return Err(too_many(&self.limits));
+                        return Err(self.refuse(&data[..=i], too_many(&self.limits)));
                     }
                 }
                 b'\n' | b'\r' => {}
@@ -279,6 +279,17 @@ impl RequestReader {
         };
         self.reset();
         Ok(Some((req, &data[end..])))
+    }
+
+    /// The refusal for a request over a limit once `seen` (the rest of it) arrived: a
+    /// malformed request (a TLS hello, PROXY header or other non-HTTP bytes) is named as such
+    /// rather than as too large, so the answer does not depend on how the bytes were split
+    /// into reads (the early checks for garbage only run on some reads).
+    fn refuse(&self, seen: &[u8], over_limit: Rejection) -> Rejection {
+        let mut all = Vec::with_capacity(self.buf.len() + seen.len());
+        all.extend_from_slice(&self.buf);
+        all.extend_from_slice(seen);
+        precheck(&all, &self.limits).err().unwrap_or(over_limit)
     }
 
     fn reset(&mut self) {
@@ -1033,6 +1044,51 @@ mod tests {
             max_headers: 64,
         };
         assert!(RequestReader::new(limits).feed(exact.as_bytes()).is_err());
+    }
+
+    /// Found by fuzz/fuzz_targets/handshake.rs: malformed bytes that also exceed a limit were
+    /// 431 in one read but 400 when a read boundary let the early check see them first.
+    #[test]
+    fn malformed_over_a_limit_is_400_however_split() {
+        let mut bad_line = valid("X-0: 0\r\nX-1: 1\r\nX-2: 2\r\n").into_bytes();
+        bad_line.splice(17..17, *b"\xff\xff");
+        let mut tls = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        tls.resize(300, 0xab);
+        let cases = [
+            (
+                &bad_line,
+                Limits {
+                    max_header_bytes: 8192,
+                    max_headers: 4,
+                },
+            ),
+            (
+                &tls,
+                Limits {
+                    max_header_bytes: 256,
+                    max_headers: 64,
+                },
+            ),
+        ];
+        for (bytes, limits) in cases {
+            let refusal = |cuts: &[usize]| {
+                let mut r = RequestReader::new(limits);
+                let mut start = 0;
+                for &end in cuts.iter().chain([&bytes.len()]) {
+                    if let Err(e) = r.feed(&bytes[start..end]) {
+                        return (e.kind, e.status);
+                    }
+                    start = end;
+                }
+                panic!("not refused: {}", bytes.escape_ascii());
+            };
+            assert_eq!(refusal(&[]), (RejectKind::BadRequest, 400));
+            let bytewise: Vec<usize> = (1..bytes.len()).collect();
+            assert_eq!(refusal(&bytewise), (RejectKind::BadRequest, 400));
+            for cut in 1..bytes.len() {
+                assert_eq!(refusal(&[cut]), (RejectKind::BadRequest, 400), "cut {cut}");
+            }
+        }
     }
 
     #[test]
