@@ -936,6 +936,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "minutes under Miri; runs natively")]
     fn frame_bytes_after_headers_are_returned() {
         let raw = valid("");
         let frame = [0x81u8, 0x82, 1, 2, 3, 4, 5, 6];
@@ -1049,6 +1050,7 @@ mod tests {
     /// Found by fuzz/fuzz_targets/handshake.rs: malformed bytes that also exceed a limit were
     /// 431 in one read but 400 when a read boundary let the early check see them first.
     #[test]
+    #[cfg_attr(miri, ignore = "exhaustive: minutes under Miri; runs natively")]
     fn malformed_over_a_limit_is_400_however_split() {
         let mut bad_line = valid("X-0: 0\r\nX-1: 1\r\nX-2: 2\r\n").into_bytes();
         bad_line.splice(17..17, *b"\xff\xff");

@@ -698,6 +698,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "minutes under Miri; runs natively")]
     fn extended_lengths() {
         for len in [125usize, 126, 127, 65535, 65536, 200_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
@@ -883,6 +884,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "exhaustive: minutes under Miri; runs natively")]
     fn every_split_position_and_bytewise_identical() {
         let (s, expect) = rich_stream();
         assert_eq!(run_whole(limits(), &s), (expect.clone(), Ok(())));

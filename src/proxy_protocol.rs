@@ -1129,6 +1129,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "exhaustive: minutes under Miri; runs natively")]
     fn every_truncation_point_then_rest() {
         for (bytes, want) in valid_cases() {
             let mut full = bytes.clone();
@@ -1146,6 +1147,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "exhaustive: minutes under Miri; runs natively")]
     fn every_pair_of_cut_points() {
         for (bytes, want) in valid_cases() {
             let mut full = bytes.clone();
@@ -1406,6 +1408,7 @@ mod tests {
     /// field error when fed byte by byte; a 6-digit port over 65535 was "more than 5 digits"
     /// in one read but "above 65535" byte by byte.
     #[test]
+    #[cfg_attr(miri, ignore = "exhaustive: minutes under Miri; runs natively")]
     fn v1_first_error_wins_however_split() {
         for (bytes, what) in [
             (
