@@ -281,6 +281,11 @@ void wsrt_batch_free(wsrt_batch *batch);
 // of events (0 on timeout) or a negative error. Several threads may poll at once, each with
 // its own batch. Event-queue mode only.
 //
+// Messages this thread sends (`wsrt_send`) after a poll returned events are corked: written
+// together when the next `wsrt_poll` begins (one wake-up per batch, not per message), or a
+// few milliseconds later if no poll comes. Every other call, and sends from other threads,
+// take effect at once; one thread's calls keep their order.
+//
 // # Safety
 // `server` comes from `wsrt_server_start`; `batch` from `wsrt_batch_new`, used by one
 // thread at a time.

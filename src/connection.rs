@@ -990,16 +990,32 @@ impl Core {
     /// A data message that arrived as a complete (uncompressed) frame from another thread:
     /// compressed here if negotiated, else queued as it is. Its bytes are counted in `queued`.
     pub fn send_prepared(&mut self, frame: Chunk, ctx: &mut Ctx) {
-        if self.deflate.is_some() {
-            let bytes = frame.bytes();
-            if let Some((opcode, payload)) = frame::split_server_frame(bytes) {
-                self.shared.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-                self.send_frame(opcode, payload, false, ctx);
-                return;
-            }
+        if !self.recompress(frame.bytes(), ctx) {
+            ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+            self.enqueue_frame(frame, ctx);
         }
-        ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.enqueue_frame(frame, ctx);
+    }
+
+    /// `send_prepared` of a frame borrowed from a batch (copied into the queue).
+    pub fn send_prepared_copy(&mut self, frame: &[u8], ctx: &mut Ctx) {
+        if !self.recompress(frame, ctx) {
+            ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+            self.out.push_copy(frame);
+            self.mark_dirty(ctx);
+        }
+    }
+
+    /// With permessage-deflate, a frame encoded elsewhere is sent compressed instead.
+    fn recompress(&mut self, bytes: &[u8], ctx: &mut Ctx) -> bool {
+        if self.deflate.is_none() {
+            return false;
+        }
+        let Some((opcode, payload)) = frame::split_server_frame(bytes) else {
+            return false;
+        };
+        self.shared.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+        self.send_frame(opcode, payload, false, ctx);
+        true
     }
 
     fn send_frame_raw(

@@ -72,6 +72,8 @@ impl QueuedEvent {
 struct State {
     events: VecDeque<QueuedEvent>,
     waiting: usize,
+    /// The event fd has been made readable since it was last cleared.
+    signalled: bool,
 }
 
 pub struct EventQueue {
@@ -80,6 +82,8 @@ pub struct EventQueue {
     capacity: usize,
     decide_upgrades: bool,
     paused: AtomicBool,
+    /// Events were pushed in the current worker turn; announced at its end.
+    unannounced: AtomicBool,
     signal: EventFd,
     handle: OnceLock<ServerHandle>,
 }
@@ -92,11 +96,13 @@ impl EventQueue {
             state: Mutex::new(State {
                 events: VecDeque::new(),
                 waiting: 0,
+                signalled: false,
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
             decide_upgrades,
             paused: AtomicBool::new(false),
+            unannounced: AtomicBool::new(false),
             signal: EventFd::new()?,
             handle: OnceLock::new(),
         }))
@@ -136,7 +142,14 @@ impl EventQueue {
 
     /// Move up to `max` events into `out`, waiting up to `timeout` for the first one
     /// (`Some(ZERO)` = don't wait, `None` = wait forever). Returns how many were moved.
+    ///
+    /// Sends this thread makes after receiving events are corked until the next poll begins
+    /// (one worker wake-up per batch, see `cork`).
     pub fn poll(&self, out: &mut Vec<QueuedEvent>, max: usize, timeout: Option<Duration>) -> usize {
+        let handle = self.handle.get();
+        if let Some(h) = handle {
+            h.begin_poll();
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.lock();
         while st.events.is_empty() {
@@ -161,32 +174,55 @@ impl EventQueue {
         }
         let n = max.min(st.events.len());
         out.extend(st.events.drain(..n));
-        if st.events.is_empty() {
+        if st.events.is_empty() && st.signalled {
             self.signal.clear();
+            st.signalled = false;
         }
         let resume = st.events.len() <= self.capacity / 2 && self.paused.load(Ordering::Acquire);
         drop(st);
-        if resume {
-            self.paused.store(false, Ordering::Release);
-            if let Some(h) = self.handle.get() {
+        if let Some(h) = handle {
+            if resume {
+                self.paused.store(false, Ordering::Release);
                 h.resume_reading();
+            }
+            if n > 0 {
+                h.cork_this_thread();
             }
         }
         n
     }
 
+    /// Queue an event; pollers learn of it at the end of the worker's turn (`announce`), so
+    /// a turn that reads many messages wakes the host once.
     fn push(&self, ev: QueuedEvent) {
         let mut st = self.lock();
-        if st.events.is_empty() {
-            self.signal.signal();
-        }
         st.events.push_back(ev);
         if st.events.len() >= self.capacity {
             self.paused.store(true, Ordering::Release);
         }
-        if st.waiting > 0 {
-            self.ready.notify_one();
+        self.unannounced.store(true, Ordering::Relaxed);
+    }
+
+    /// Make the event fd readable and wake waiting pollers, if events were pushed. Whether
+    /// any were.
+    fn announce(&self) -> bool {
+        if !self.unannounced.swap(false, Ordering::Relaxed) {
+            return false;
         }
+        let mut st = self.lock();
+        if st.events.is_empty() {
+            return true;
+        }
+        if !st.signalled {
+            self.signal.signal();
+            st.signalled = true;
+        }
+        match st.waiting {
+            0 => {}
+            1 => self.ready.notify_one(),
+            _ => self.ready.notify_all(),
+        }
+        true
     }
 }
 
@@ -251,5 +287,9 @@ impl Handler for QueueHandler {
 
     fn reading_paused(&self) -> bool {
         self.0.paused.load(Ordering::Relaxed)
+    }
+
+    fn on_turn_end(&self) -> bool {
+        self.0.announce()
     }
 }

@@ -62,6 +62,15 @@ pub fn encode_header(
     len
 }
 
+/// Length of an unmasked frame header for a payload of `payload_len` bytes.
+pub fn header_len(payload_len: usize) -> usize {
+    match payload_len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
+}
+
 /// Header + payload in one Vec, unmasked (server frames). Used for cross-thread sends and broadcasts.
 pub fn encode_frame(fin: bool, rsv1: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut header = [0u8; MAX_HEADER_LEN];

@@ -193,4 +193,10 @@ pub trait Handler: Send + Sync + 'static {
     fn reading_paused(&self) -> bool {
         false
     }
+    /// A worker has delivered every event of one loop turn and is about to wait for more:
+    /// the place to flush work batched across callbacks (one wake-up per turn, not per event).
+    /// Returns whether events were handed to a polling host (whose answers may be corked).
+    fn on_turn_end(&self) -> bool {
+        false
+    }
 }

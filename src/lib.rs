@@ -37,6 +37,8 @@ pub mod proxy_protocol;
 #[forbid(unsafe_code)]
 mod connection;
 #[forbid(unsafe_code)]
+mod cork;
+#[forbid(unsafe_code)]
 pub mod event_queue;
 #[forbid(unsafe_code)]
 mod handler;

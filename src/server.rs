@@ -5,13 +5,14 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::connection::ConnShared;
+use crate::cork::{Cork, SendBatch, WakeState};
 use crate::frame::{self, OpCode};
 use crate::handler::{Accept, ConnId, Decision, Handler, Message, Reject, SendStatus};
 use crate::handshake::RejectKind;
@@ -94,6 +95,8 @@ pub(crate) enum Cmd {
     Shutdown {
         started: Instant,
     },
+    /// Messages sent by corked threads (see `cork`).
+    SendBatch(SendBatch),
     /// A host buffer sent without a copy: the frame header, then the payload.
     SendExternal {
         id: ConnId,
@@ -167,21 +170,78 @@ impl Stats {
 pub(crate) struct WorkerRef {
     tx: Sender<Cmd>,
     waker: mio::Waker,
-    /// Set by the first sender after the worker drained its inbox: one wake-up per batch.
-    pub woken: AtomicBool,
+    /// One wake-up per inbox batch, deferred while the sender is corked.
+    pub wake: WakeState,
+    cork: Arc<Cork>,
+    /// Messages from corked threads, moved into the inbox as one command.
+    batch: Mutex<SendBatch>,
+    batch_pending: AtomicBool,
+    /// A poll received events while no worker watched the cork: this worker should.
+    pub watch_requested: AtomicBool,
     pub registry: RwLock<Vec<Option<Arc<ConnShared>>>>,
     pub stats: Arc<WorkerStats>,
 }
 
 impl WorkerRef {
     pub fn send(&self, cmd: Cmd) -> bool {
+        // Corked messages already sent go first (one thread's commands keep their order).
+        self.move_batch();
         if self.tx.send(cmd).is_err() {
             return false;
         }
-        if !self.woken.swap(true, Ordering::AcqRel) {
+        // Only data messages are corked (`send_message`): a command wakes the worker now.
+        if self.wake.claim() {
             let _ = self.waker.wake();
         }
         true
+    }
+
+    /// A data message: appended to the corked batch when this thread is corked.
+    pub fn send_message(&self, id: ConnId, opcode: OpCode, payload: &[u8]) -> bool {
+        if !self.cork.is_corked() {
+            let frame = frame::encode_frame(true, false, opcode, payload);
+            return self.send(Cmd::Send { id, frame });
+        }
+        {
+            let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            batch.push(id, opcode, payload);
+            self.batch_pending.store(true, Ordering::SeqCst);
+        }
+        if self.cork.is_corked() {
+            self.wake.defer();
+            if self.cork.is_corked() {
+                return true;
+            }
+        }
+        // The cork ended meanwhile, and that poll may have flushed before we appended.
+        self.move_batch();
+        if self.wake.claim() {
+            let _ = self.waker.wake();
+        }
+        true
+    }
+
+    /// Move the corked batch into the inbox (without waking the worker). Whether one moved.
+    fn move_batch(&self) -> bool {
+        if !self.batch_pending.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.is_empty() {
+            return false;
+        }
+        self.batch_pending.store(false, Ordering::SeqCst);
+        // Sent under the lock: a later batch must not overtake this one.
+        let _ = self.tx.send(Cmd::SendBatch(std::mem::take(&mut *batch)));
+        true
+    }
+
+    /// The cork ended: move corked messages into the inbox and deliver the deferred wake-up.
+    pub fn flush_deferred(&self) {
+        let moved = self.move_batch();
+        if self.wake.take_deferred() || (moved && self.wake.claim()) {
+            let _ = self.waker.wake();
+        }
     }
 
     fn lookup(&self, id: ConnId) -> Option<Arc<ConnShared>> {
@@ -202,19 +262,32 @@ pub(crate) struct Shared {
     pub conn_count: AtomicUsize,
     next_worker: AtomicUsize,
     state: AtomicU8,
+    pub cork: Arc<Cork>,
 }
 
 impl Shared {
+    /// A cork ended: move corked messages into the inboxes and wake those workers.
+    pub fn flush_corked(&self) {
+        for w in &self.workers {
+            w.flush_deferred();
+        }
+    }
+
     /// A one-worker `Shared` with no threads, for driving a connection by hand in tests.
     #[cfg(test)]
     pub fn for_tests(opts: Options) -> (Arc<Shared>, mio::Poll) {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), crate::worker::WAKER).unwrap();
         let (tx, _rx) = crossbeam_channel::unbounded();
+        let cork = Arc::new(Cork::default());
         let worker = WorkerRef {
             tx,
             waker,
-            woken: AtomicBool::new(false),
+            wake: WakeState::default(),
+            cork: cork.clone(),
+            batch: Mutex::default(),
+            batch_pending: AtomicBool::new(false),
+            watch_requested: AtomicBool::new(false),
             registry: RwLock::new(Vec::new()),
             stats: Arc::new(WorkerStats::default()),
         };
@@ -225,6 +298,7 @@ impl Shared {
             conn_count: AtomicUsize::new(0),
             next_worker: AtomicUsize::new(0),
             state: AtomicU8::new(RUNNING),
+            cork,
         };
         (Arc::new(shared), poll)
     }
@@ -264,6 +338,7 @@ impl Server {
         let n = opts.effective_workers();
         let mut parts = Vec::with_capacity(n);
         let mut refs = Vec::with_capacity(n);
+        let cork = Arc::new(Cork::default());
         for _ in 0..n {
             let poll = mio::Poll::new().map_err(io_err("cannot create an event loop".into()))?;
             let waker = mio::Waker::new(poll.registry(), crate::worker::WAKER)
@@ -273,7 +348,11 @@ impl Server {
             refs.push(WorkerRef {
                 tx,
                 waker,
-                woken: AtomicBool::new(false),
+                wake: WakeState::default(),
+                cork: cork.clone(),
+                batch: Mutex::default(),
+                batch_pending: AtomicBool::new(false),
+                watch_requested: AtomicBool::new(false),
                 registry: RwLock::new(Vec::new()),
                 stats: stats.clone(),
             });
@@ -295,6 +374,7 @@ impl Server {
             conn_count: AtomicUsize::new(0),
             next_worker: AtomicUsize::new(0),
             state: AtomicU8::new(RUNNING),
+            cork,
         });
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(n);
@@ -377,19 +457,36 @@ impl ServerHandle {
         &self.shared.opts
     }
 
+    /// An event-queue poll is starting: end every thread's cork and wake the workers that
+    /// corked sends are waiting for.
+    pub(crate) fn begin_poll(&self) {
+        self.shared.cork.begin_poll();
+        self.shared.flush_corked();
+    }
+
+    /// The calling thread received a batch of events: its sends wake workers when the next
+    /// poll begins, or when a worker finds the cork left on (see `cork`).
+    pub(crate) fn cork_this_thread(&self) {
+        if self.shared.cork.cork_this_thread() {
+            if let Some(w) = self.shared.workers.first() {
+                w.watch_requested.store(true, Ordering::SeqCst);
+                if w.wake.claim() {
+                    let _ = w.waker.wake();
+                }
+            }
+        }
+    }
+
     fn worker(&self, id: ConnId) -> Option<&WorkerRef> {
         self.shared.workers.get(id.worker())
     }
 
     pub fn send_text(&self, id: ConnId, text: &str) -> SendStatus {
-        self.send_frame(
-            id,
-            frame::encode_frame(true, false, OpCode::Text, text.as_bytes()),
-        )
+        self.send_message(id, OpCode::Text, text.as_bytes())
     }
 
     pub fn send_binary(&self, id: ConnId, data: &[u8]) -> SendStatus {
-        self.send_frame(id, frame::encode_frame(true, false, OpCode::Binary, data))
+        self.send_message(id, OpCode::Binary, data)
     }
 
     pub fn send(&self, id: ConnId, msg: Message<'_>) -> SendStatus {
@@ -399,9 +496,10 @@ impl ServerHandle {
         }
     }
 
-    fn send_frame(&self, id: ConnId, frame: Vec<u8>) -> SendStatus {
-        match self.admit(id, frame.len()) {
-            Ok((w, status)) if w.send(Cmd::Send { id, frame }) => status,
+    fn send_message(&self, id: ConnId, opcode: OpCode, payload: &[u8]) -> SendStatus {
+        let len = frame::header_len(payload.len()) + payload.len();
+        match self.admit(id, len) {
+            Ok((w, status)) if w.send_message(id, opcode, payload) => status,
             Ok(_) => SendStatus::Gone,
             Err(status) => status,
         }

@@ -14,7 +14,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::connection::{Conn, ConnShared, ConnState, Ctx, Finish};
+use crate::connection::{Conn, ConnShared, ConnState, Core, Ctx, Finish};
+use crate::cork::CorkWatch;
 use crate::handler::{ConnId, Handler};
 use crate::handshake::{self, RejectKind, Rejection};
 use crate::outbound::Chunk;
@@ -60,6 +61,7 @@ pub(crate) struct Worker {
     scratch: Vec<ConnId>,
     /// Connections not read because `Handler::reading_paused` said so.
     paused: Vec<usize>,
+    cork_watch: CorkWatch,
 }
 
 impl Worker {
@@ -98,6 +100,7 @@ impl Worker {
             shutdown: None,
             scratch: Vec::new(),
             paused: Vec::new(),
+            cork_watch: CorkWatch::default(),
         }
     }
 
@@ -136,6 +139,8 @@ impl Worker {
             }
             self.run_timers();
             self.flush_dirty();
+            let announced = self.ctx.handler.on_turn_end();
+            self.watch_cork(announced);
             if self.shutdown_step() {
                 break;
             }
@@ -145,7 +150,26 @@ impl Worker {
         for k in keys {
             self.remove(k);
         }
+        self.ctx.handler.on_turn_end();
+        // Corked sends must not wait for a watch that stopped with this worker.
+        if self.cork_watch.release(&self.ctx.shared.cork) {
+            self.ctx.shared.flush_corked();
+        }
         log::debug!("worker {} stopped", self.index);
+    }
+
+    /// Keep corked sends from being stranded by a host that stopped polling (see `cork`).
+    fn watch_cork(&mut self, announced: bool) {
+        let cork = &self.ctx.shared.cork;
+        let requested = &self.ctx.shared.workers[self.index].watch_requested;
+        if announced
+            || (requested.load(Ordering::Relaxed) && requested.swap(false, Ordering::SeqCst))
+        {
+            self.cork_watch.arm(cork, self.ctx.now);
+        }
+        if self.cork_watch.check(cork, Instant::now()) {
+            self.ctx.shared.flush_corked();
+        }
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
@@ -156,6 +180,9 @@ impl Worker {
         let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         if let Some(t) = self.accept_paused_until {
+            consider(t);
+        }
+        if let Some(t) = self.cork_watch.due() {
             consider(t);
         }
         if let Some(plan) = &self.shutdown {
@@ -428,8 +455,8 @@ impl Worker {
         // Free the connection's place before on_close runs, so a host reacting to the close
         // (or a client reconnecting at once) is not refused by max_connections.
         self.ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
-        slot.state.finalize(&mut self.ctx);
-        let _ = self.poll.registry().deregister(&mut slot.stream);
+        // And leave the registry first, so when on_close runs every handle call agrees the
+        // connection is gone (a send says Gone, buffered_amount says None).
         {
             let mut reg = self
                 .me()
@@ -440,6 +467,8 @@ impl Worker {
                 *e = None;
             }
         }
+        slot.state.finalize(&mut self.ctx);
+        let _ = self.poll.registry().deregister(&mut slot.stream);
         self.ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
         // An fd was freed: if accepting was paused for lack of fds, try again now.
         if self.accept_paused_until.is_some() {
@@ -473,7 +502,7 @@ impl Worker {
     // ---- commands from other threads ----
 
     fn drain_inbox(&mut self) {
-        self.me().woken.store(false, Ordering::Release);
+        self.me().wake.draining();
         for _ in 0..CMDS_PER_TURN {
             let Ok(cmd) = self.rx.try_recv() else {
                 return;
@@ -499,25 +528,18 @@ impl Worker {
                 self.insert(stream, peer, early);
             }
             Cmd::Send { id, frame } => {
-                let len = frame.len();
-                let k = id.slot();
-                match self.conns.get_mut(k).filter(|s| s.state.core().id == id) {
-                    Some(slot) if slot.state.core().is_open() => {
-                        let core = slot.state.core_mut();
-                        if core.shared.open.load(Ordering::Acquire) {
-                            core.send_prepared(Chunk::Owned(frame), &mut self.ctx);
-                        } else {
-                            core.shared.queued.fetch_sub(len, Ordering::Relaxed);
-                        }
+                if let Some(core) = Self::admitted(&mut self.conns, id, frame.len()) {
+                    core.send_prepared(Chunk::Owned(frame), &mut self.ctx);
+                }
+            }
+            Cmd::SendBatch(batch) => {
+                let mut at = 0;
+                for (id, len) in batch.sends {
+                    let frame = &batch.frames[at..at + len];
+                    at += len;
+                    if let Some(core) = Self::admitted(&mut self.conns, id, len) {
+                        core.send_prepared_copy(frame, &mut self.ctx);
                     }
-                    Some(slot) => {
-                        slot.state
-                            .core()
-                            .shared
-                            .queued
-                            .fetch_sub(len, Ordering::Relaxed);
-                    }
-                    None => {}
                 }
             }
             Cmd::Ping { id, payload } => self.with_conn(id, |mut c| {
@@ -581,6 +603,21 @@ impl Worker {
             }
             Cmd::SetData { id, data } => self.with_conn(id, |mut c| c.set_data(data)),
             Cmd::ResumeReading => self.ctx.resume.append(&mut self.paused),
+        }
+    }
+
+    /// The connection a cross-thread send of `len` admitted bytes is for, if still open;
+    /// otherwise the bytes are given back to its backpressure count.
+    fn admitted(conns: &mut Slab<Slot>, id: ConnId, len: usize) -> Option<&mut Core> {
+        let slot = conns
+            .get_mut(id.slot())
+            .filter(|s| s.state.core().id == id)?;
+        let core = slot.state.core_mut();
+        if core.is_open() && core.shared.open.load(Ordering::Acquire) {
+            Some(core)
+        } else {
+            core.shared.queued.fetch_sub(len, Ordering::Relaxed);
+            None
         }
     }
 

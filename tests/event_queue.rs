@@ -131,3 +131,60 @@ fn a_host_that_stops_polling_pauses_reading_then_everything_resumes() {
     s.write_all(&close_frame(1000, "")).unwrap();
     assert_eq!(read_until_close(&mut s), Some(1000));
 }
+
+/// Poll until `n` events matching `pick` arrived; returns what `pick` extracted, in order.
+fn poll_for<T>(
+    q: &EventQueue,
+    n: usize,
+    mut pick: impl FnMut(&QueuedEvent) -> Option<T>,
+) -> Vec<T> {
+    let mut got = Vec::new();
+    let mut batch = Vec::new();
+    while got.len() < n {
+        batch.clear();
+        assert!(
+            q.poll(&mut batch, 64, Some(WAIT)) > 0,
+            "events within {WAIT:?}"
+        );
+        got.extend(batch.iter().filter_map(&mut pick));
+    }
+    got
+}
+
+#[test]
+fn corked_replies_are_never_stranded_and_keep_their_order_with_commands() {
+    let (server, q) = start(1000, &[("workers", "2")]);
+    let h = server.handle();
+    let mut clients: Vec<_> = (0..6).map(|_| raw_ws(server.local_addr(), "/")).collect();
+    let ids = poll_for(&q, clients.len(), |ev| match ev {
+        QueuedEvent::Open { id, .. } => Some(*id),
+        _ => None,
+    });
+    // This thread just received a batch, so its sends are corked; it never polls again
+    // before reading the replies, like a host that sends and then blocks elsewhere.
+    for id in &ids {
+        h.send_text(*id, "corked");
+        h.send_binary(*id, b"too");
+    }
+    for s in &mut clients {
+        assert_eq!(read_frame(s), (true, 1, b"corked".to_vec()));
+        assert_eq!(read_frame(s), (true, 2, b"too".to_vec()));
+    }
+    // Corked again (a batch of messages): a command after corked sends comes after them.
+    for s in &mut clients {
+        s.write_all(&frame(true, 1, b"bye?", true)).unwrap();
+    }
+    let from = poll_for(&q, clients.len(), |ev| match ev {
+        QueuedEvent::Message { id, .. } => Some(*id),
+        _ => None,
+    });
+    for id in &from {
+        h.send_text(*id, "last words");
+        assert!(h.close(*id, 1000, "bye"));
+    }
+    for s in &mut clients {
+        assert_eq!(read_frame(s), (true, 1, b"last words".to_vec()));
+        let (_, op, payload) = read_frame(s);
+        assert_eq!((op, &payload[..2]), (8, &1000u16.to_be_bytes()[..]));
+    }
+}
