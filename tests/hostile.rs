@@ -571,6 +571,17 @@ fn clients_that_never_read_are_closed_per_policy_and_memory_stays_bounded() {
                 SendStatus::Dropped => closed_by_policy += 1,
             }
         }
+        // Like a real host, pace the reading client by its buffered amount: its socket
+        // drains at the reader's speed, and the host may outrun it (sends to the slow
+        // clients are refused at once).
+        let deadline = Instant::now() + WAIT;
+        while h.buffered_amount(good_id).unwrap_or(0) > MAX_BP / 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the reading client stopped draining"
+            );
+            thread::yield_now();
+        }
         assert_ne!(h.send_binary(good_id, &small), SendStatus::Dropped);
         good_sent += 1;
         let queued: usize = slow_ids

@@ -250,8 +250,9 @@ fn run() -> Result<(), String> {
     );
 
     let sig = wsrt::os::wait_for_signal().map_err(|e| format!("waiting for signals: {e}"))?;
-    log::info!("{sig}: shutting down gracefully (a second signal exits at once)");
+    // Drain first, then say so: whoever reads the line may rely on the drain having begun.
     handle.shutdown();
+    log::info!("{sig}: shutting down gracefully (a second signal exits at once)");
     std::thread::spawn(|| {
         if let Ok(sig) = wsrt::os::wait_for_signal() {
             log::warn!("{sig} again: exiting now");
