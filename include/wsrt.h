@@ -279,7 +279,9 @@ void wsrt_batch_free(wsrt_batch *batch);
 // of them into `batch`, replacing its previous contents (whose pointers become invalid
 // and whose CLOSE events' host data is finalized now, on this thread). Returns the number
 // of events (0 on timeout) or a negative error. Several threads may poll at once, each with
-// its own batch. Event-queue mode only.
+// its own batch. Event-queue mode only. Once the server has stopped (after
+// `wsrt_server_shutdown`) and its last events were taken, returns 0 at once whatever the
+// timeout: a poll waiting with -1 wakes when the server stops.
 //
 // Messages this thread sends (`wsrt_send`) after a poll returned events are corked: written
 // together when the next `wsrt_poll` begins (one wake-up per batch, not per message), or a

@@ -74,6 +74,8 @@ struct State {
     waiting: usize,
     /// The event fd has been made readable since it was last cleared.
     signalled: bool,
+    /// The server has stopped: no event follows the ones queued.
+    stopped: bool,
 }
 
 pub struct EventQueue {
@@ -97,6 +99,7 @@ impl EventQueue {
                 events: VecDeque::new(),
                 waiting: 0,
                 signalled: false,
+                stopped: false,
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -142,6 +145,8 @@ impl EventQueue {
 
     /// Move up to `max` events into `out`, waiting up to `timeout` for the first one
     /// (`Some(ZERO)` = don't wait, `None` = wait forever). Returns how many were moved.
+    /// Once the server has stopped and its last events are taken, returns 0 at once, so a
+    /// poller waiting forever wakes when the server stops.
     ///
     /// Sends this thread makes after receiving events are corked until the next poll begins
     /// (one worker wake-up per batch, see `cork`).
@@ -153,6 +158,9 @@ impl EventQueue {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.lock();
         while st.events.is_empty() {
+            if st.stopped {
+                return 0;
+            }
             let wait = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
@@ -201,6 +209,14 @@ impl EventQueue {
             self.paused.store(true, Ordering::Release);
         }
         self.unannounced.store(true, Ordering::Relaxed);
+    }
+
+    /// Every worker has stopped: wake the pollers, and answer every later poll at once.
+    fn stopped(&self) {
+        self.announce();
+        let mut st = self.lock();
+        st.stopped = true;
+        self.ready.notify_all();
     }
 
     /// Make the event fd readable and wake waiting pollers, if events were pushed. Whether
@@ -291,5 +307,9 @@ impl Handler for QueueHandler {
 
     fn on_turn_end(&self) -> bool {
         self.0.announce()
+    }
+
+    fn on_stopped(&self) {
+        self.0.stopped();
     }
 }

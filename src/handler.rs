@@ -199,4 +199,7 @@ pub trait Handler: Send + Sync + 'static {
     fn on_turn_end(&self) -> bool {
         false
     }
+
+    /// Every worker has stopped (after a shutdown): no callback follows.
+    fn on_stopped(&self) {}
 }

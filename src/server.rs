@@ -263,6 +263,8 @@ pub(crate) struct Shared {
     next_worker: AtomicUsize,
     state: AtomicU8,
     pub cork: Arc<Cork>,
+    /// Worker threads still running; the last to stop tells the handler (`on_stopped`).
+    pub live_workers: AtomicUsize,
 }
 
 impl Shared {
@@ -299,6 +301,7 @@ impl Shared {
             next_worker: AtomicUsize::new(0),
             state: AtomicU8::new(RUNNING),
             cork,
+            live_workers: AtomicUsize::new(1),
         };
         (Arc::new(shared), poll)
     }
@@ -375,6 +378,7 @@ impl Server {
             next_worker: AtomicUsize::new(0),
             state: AtomicU8::new(RUNNING),
             cork,
+            live_workers: AtomicUsize::new(n),
         });
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(n);

@@ -155,6 +155,9 @@ impl Worker {
         if self.cork_watch.release(&self.ctx.shared.cork) {
             self.ctx.shared.flush_corked();
         }
+        if self.ctx.shared.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ctx.handler.on_stopped();
+        }
         log::debug!("worker {} stopped", self.index);
     }
 

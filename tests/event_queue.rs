@@ -188,3 +188,39 @@ fn corked_replies_are_never_stranded_and_keep_their_order_with_commands() {
         assert_eq!((op, &payload[..2]), (8, &1000u16.to_be_bytes()[..]));
     }
 }
+
+#[test]
+fn a_poll_waiting_forever_wakes_when_the_server_stops() {
+    let (server, q) = start(100, &[]);
+    let s = raw_ws(server.local_addr(), "/");
+    let mut batch = Vec::new();
+    assert_eq!(q.poll(&mut batch, 10, Some(WAIT)), 1, "open");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let poller = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            let mut closes = 0;
+            loop {
+                let mut batch = Vec::new();
+                if q.poll(&mut batch, 10, None) == 0 {
+                    break;
+                }
+                closes += batch
+                    .iter()
+                    .filter(|ev| matches!(ev, QueuedEvent::Close { .. }))
+                    .count();
+            }
+            tx.send(closes).unwrap();
+        })
+    };
+    server.handle().shutdown();
+    drop(s);
+    assert_eq!(
+        rx.recv_timeout(WAIT),
+        Ok(1),
+        "the CLOSE arrives, then the poll waiting forever returns 0"
+    );
+    poller.join().unwrap();
+    server.join();
+    assert_eq!(q.poll(&mut batch, 10, None), 0, "stopped: at once");
+}

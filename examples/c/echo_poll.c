@@ -12,14 +12,12 @@
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <wsrt.h>
 
-static atomic_int stopping;
 static sigset_t stop_signals;
 static wsrt_server *srv;
 
@@ -39,7 +37,6 @@ static void *signal_thread(void *arg) {
   sigwait(&stop_signals, &sig);
   int rc = wsrt_server_shutdown(srv, 5000);
   if (rc != WSRT_OK) fprintf(stderr, "shutdown: %s\n", wsrt_last_error());
-  atomic_store(&stopping, 1);
   return NULL;
 }
 
@@ -105,12 +102,10 @@ int main(int argc, char **argv) {
   wsrt_batch *batch = wsrt_batch_new();
   size_t max = slow ? 16 : 256;
   for (;;) {
-    /* Events wake the poll at once. A poll blocked with -1 is not woken by a shutdown that
-     * leaves no event behind (no connection open), so wait at most 250 ms and look at the flag;
-     * once it is set every CLOSE event is queued: drain them without waiting, then stop. */
-    int last = atomic_load(&stopping);
-    int n = check(wsrt_poll(srv, batch, max, last ? 0 : 250), "poll");
-    if (last && n == 0) break;
+    /* Events wake the poll at once; after a shutdown, once the workers have stopped and the
+     * last events (every CLOSE) are taken, it returns 0 at once: the only 0 a -1 poll gives. */
+    int n = check(wsrt_poll(srv, batch, max, -1), "poll");
+    if (n == 0) break;
     for (int i = 0; i < n; i++) {
       const wsrt_event *ev = wsrt_batch_get(batch, (size_t)i);
       if (ev->kind == WSRT_EVENT_UPGRADE) {

@@ -124,8 +124,8 @@ func main() {
 		batch := C.wsrt_batch_new()
 		defer C.wsrt_batch_free(batch) // finalizes the host data of the last CLOSE events
 		for {
-			// A poll blocked with -1 is never woken by shutdown (see the report on the
-			// ABI), so wait at most 1 s and look at the stop flag in between.
+			// Wait at most 1 s between looks at the stop flag (a poll with -1 would also
+			// return 0 once the server has stopped and its last events are taken).
 			timeout := C.int(1000)
 			last := atomic.LoadInt32(&stopping) == 1 // shutdown done: drain what is left
 			if last {

@@ -120,8 +120,8 @@ public class SmokeFfm {
             try {
                 MemorySegment batch = (MemorySegment) batchNew.invokeExact();
                 while (true) {
-                    // A poll blocked with -1 is never woken by shutdown (see the report on
-                    // the ABI): wait at most 1 s, then drain with 0 once shutdown is done.
+                    // Wait at most 1 s between looks at the stop flag, then drain with 0 once
+                    // shutdown is done (a -1 poll would also return 0 once wsrt stopped).
                     boolean last = stopping.get();
                     int n = (int) poll.invokeExact(srv, batch, 256L, last ? 0 : 1000);
                     check(n, "poll");

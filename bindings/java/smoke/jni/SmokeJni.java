@@ -46,8 +46,8 @@ public class SmokeJni {
         AtomicBoolean stopping = new AtomicBoolean();
         Thread poller = new Thread(() -> {
             while (true) {
-                // A poll blocked with -1 is never woken by shutdown (see the report on the
-                // ABI): wait at most 1 s, then drain with 0 once shutdown is done.
+                // Wait at most 1 s between looks at the stop flag, then drain with 0 once
+                // shutdown is done (a -1 poll would also return 0 once wsrt stopped).
                 boolean last = stopping.get();
                 Event[] events = poll(256, last ? 0 : 1000);
                 if (events == null) throw new IllegalStateException("poll: " + lastError());
