@@ -29,6 +29,9 @@ thread_local! {
 
 /// One per server: counts polls, so a thread's cork ends when the next poll begins.
 pub(crate) struct Cork {
+    /// Unique per server for the life of the process (an address could be reused by a
+    /// later server and match a stale thread-local).
+    identity: usize,
     generation: AtomicU64,
     /// The generation of the latest poll that returned events: while it is current, the
     /// thread that received them is corked.
@@ -39,7 +42,9 @@ pub(crate) struct Cork {
 
 impl Default for Cork {
     fn default() -> Cork {
+        static NEXT_IDENTITY: AtomicUsize = AtomicUsize::new(1);
         Cork {
+            identity: NEXT_IDENTITY.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(1),
             received: AtomicU64::new(0),
             watchers: AtomicUsize::new(0),
@@ -48,10 +53,6 @@ impl Default for Cork {
 }
 
 impl Cork {
-    fn identity(&self) -> usize {
-        self as *const Cork as usize
-    }
-
     /// A poll is starting: every thread's cork ends (then flush the deferred wake-ups).
     pub fn begin_poll(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -61,14 +62,14 @@ impl Cork {
     /// Whether no worker is watching (the caller must ask one to).
     pub fn cork_this_thread(&self) -> bool {
         let generation = self.generation.load(Ordering::SeqCst);
-        CORKED.with(|c| c.set((self.identity(), generation)));
+        CORKED.with(|c| c.set((self.identity, generation)));
         self.received.store(generation, Ordering::SeqCst);
         self.watchers.load(Ordering::SeqCst) == 0
     }
 
     pub fn is_corked(&self) -> bool {
         let generation = self.generation.load(Ordering::SeqCst);
-        CORKED.with(|c| c.get()) == (self.identity(), generation)
+        CORKED.with(|c| c.get()) == (self.identity, generation)
     }
 
     /// The generation whose cork is on, if one is.
