@@ -204,11 +204,8 @@ pub(crate) struct SendBatch {
 
 impl SendBatch {
     pub fn push(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) {
-        let mut header = [0u8; frame::MAX_HEADER_LEN];
-        let n = frame::encode_header(&mut header, true, false, opcode, payload.len() as u64, None);
-        self.frames.extend_from_slice(&header[..n]);
-        self.frames.extend_from_slice(payload);
-        self.sends.push((id, n + payload.len()));
+        let len = frame::append_frame(&mut self.frames, true, false, opcode, payload);
+        self.sends.push((id, len));
     }
 
     pub fn is_empty(&self) -> bool {

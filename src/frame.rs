@@ -73,12 +73,24 @@ pub fn header_len(payload_len: usize) -> usize {
 
 /// Header + payload in one Vec, unmasked (server frames). Used for cross-thread sends and broadcasts.
 pub fn encode_frame(fin: bool, rsv1: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header_len(payload.len()) + payload.len());
+    append_frame(&mut out, fin, rsv1, opcode, payload);
+    out
+}
+
+/// Append an unmasked frame (header + payload) to `out`; returns its length.
+pub fn append_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    rsv1: bool,
+    opcode: OpCode,
+    payload: &[u8],
+) -> usize {
     let mut header = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut header, fin, rsv1, opcode, payload.len() as u64, None);
-    let mut out = Vec::with_capacity(n + payload.len());
     out.extend_from_slice(&header[..n]);
     out.extend_from_slice(payload);
-    out
+    n + payload.len()
 }
 
 /// Close frame payload: 2-byte big-endian code + reason (reason truncated at a char

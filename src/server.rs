@@ -183,6 +183,27 @@ pub(crate) struct WorkerRef {
 }
 
 impl WorkerRef {
+    fn new(tx: Sender<Cmd>, waker: mio::Waker, cork: Arc<Cork>, stats: Arc<WorkerStats>) -> Self {
+        WorkerRef {
+            tx,
+            waker,
+            wake: WakeState::default(),
+            cork,
+            batch: Mutex::default(),
+            batch_pending: AtomicBool::new(false),
+            watch_requested: AtomicBool::new(false),
+            registry: RwLock::new(Vec::new()),
+            stats,
+        }
+    }
+
+    /// Wake the worker unless it is already awake (one wake-up per inbox batch).
+    fn wake_up(&self) {
+        if self.wake.claim() {
+            let _ = self.waker.wake();
+        }
+    }
+
     pub fn send(&self, cmd: Cmd) -> bool {
         // Corked messages already sent go first (one thread's commands keep their order).
         self.move_batch();
@@ -190,9 +211,7 @@ impl WorkerRef {
             return false;
         }
         // Only data messages are corked (`send_message`): a command wakes the worker now.
-        if self.wake.claim() {
-            let _ = self.waker.wake();
-        }
+        self.wake_up();
         true
     }
 
@@ -215,9 +234,7 @@ impl WorkerRef {
         }
         // The cork ended meanwhile, and that poll may have flushed before we appended.
         self.move_batch();
-        if self.wake.claim() {
-            let _ = self.waker.wake();
-        }
+        self.wake_up();
         true
     }
 
@@ -282,17 +299,7 @@ impl Shared {
         let waker = mio::Waker::new(poll.registry(), crate::worker::WAKER).unwrap();
         let (tx, _rx) = crossbeam_channel::unbounded();
         let cork = Arc::new(Cork::default());
-        let worker = WorkerRef {
-            tx,
-            waker,
-            wake: WakeState::default(),
-            cork: cork.clone(),
-            batch: Mutex::default(),
-            batch_pending: AtomicBool::new(false),
-            watch_requested: AtomicBool::new(false),
-            registry: RwLock::new(Vec::new()),
-            stats: Arc::new(WorkerStats::default()),
-        };
+        let worker = WorkerRef::new(tx, waker, cork.clone(), Arc::new(WorkerStats::default()));
         let shared = Shared {
             opts,
             workers: vec![worker],
@@ -348,17 +355,7 @@ impl Server {
                 .map_err(io_err("cannot create a waker".into()))?;
             let (tx, rx) = crossbeam_channel::unbounded();
             let stats = Arc::new(WorkerStats::default());
-            refs.push(WorkerRef {
-                tx,
-                waker,
-                wake: WakeState::default(),
-                cork: cork.clone(),
-                batch: Mutex::default(),
-                batch_pending: AtomicBool::new(false),
-                watch_requested: AtomicBool::new(false),
-                registry: RwLock::new(Vec::new()),
-                stats: stats.clone(),
-            });
+            refs.push(WorkerRef::new(tx, waker, cork.clone(), stats.clone()));
             parts.push((poll, rx, stats));
         }
         parts[0]
@@ -474,9 +471,7 @@ impl ServerHandle {
         if self.shared.cork.cork_this_thread() {
             if let Some(w) = self.shared.workers.first() {
                 w.watch_requested.store(true, Ordering::SeqCst);
-                if w.wake.claim() {
-                    let _ = w.waker.wake();
-                }
+                w.wake_up();
             }
         }
     }

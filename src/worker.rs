@@ -591,17 +591,11 @@ impl Worker {
                 header,
                 payload,
             } => {
-                let k = id.slot();
-                if let Some(slot) = self.conns.get_mut(k).filter(|s| s.state.core().id == id) {
-                    let core = slot.state.core_mut();
-                    let len = header.len() + (*payload).as_ref().len();
-                    if core.shared.open.load(Ordering::Acquire) {
-                        self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                        core.enqueue_frame(Chunk::Owned(header), &mut self.ctx);
-                        core.enqueue_frame(Chunk::External(payload), &mut self.ctx);
-                    } else {
-                        core.shared.queued.fetch_sub(len, Ordering::Relaxed);
-                    }
+                let len = header.len() + (*payload).as_ref().len();
+                if let Some(core) = Self::admitted(&mut self.conns, id, len) {
+                    self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                    core.enqueue_frame(Chunk::Owned(header), &mut self.ctx);
+                    core.enqueue_frame(Chunk::External(payload), &mut self.ctx);
                 }
             }
             Cmd::SetData { id, data } => self.with_conn(id, |mut c| c.set_data(data)),
