@@ -84,6 +84,16 @@
 // `wsrt_reject` (within `handshake_timeout`) instead of accepting every valid upgrade.
 #define WSRT_FLAG_DECIDE_UPGRADES 1
 
+// `wsrt_server_start` flag, event-queue mode only: no worker threads; the server's one
+// worker runs inside `wsrt_poll`, on the polling thread (as uWebSockets runs its loop on
+// the caller's thread), so events are handled and answered without a handoff between
+// threads: the fastest mode for a host that polls in a loop. Nothing happens between
+// polls: keep polling. Sends and other calls made while no thread is in `wsrt_poll` take
+// effect at once and are written when the next poll begins; while a thread is in
+// `wsrt_poll`, calls from other threads wake it. `workers` must be 0 or 1; there is no
+// event fd. `wsrt_server_shutdown` / `wsrt_server_free` run the loop until it stops.
+#define WSRT_FLAG_POLL_INLINE 2
+
 // `on_upgrade` callback results (or a status 400..=599 to reject with).
 #define WSRT_ACCEPT 0
 
@@ -217,7 +227,8 @@ void wsrt_config_free(wsrt_config *config);
 // Start a server: bind the `listen` option and start the workers. The config is only
 // read (the caller still frees it). `callbacks` NULL = event-queue mode (drain events with
 // `wsrt_poll`); otherwise callback mode, with `user_data` passed to every callback (it must
-// be usable from any worker thread). `flags`: `WSRT_FLAG_DECIDE_UPGRADES` or 0.
+// be usable from any worker thread). `flags`: 0, or `WSRT_FLAG_DECIDE_UPGRADES` and/or
+// `WSRT_FLAG_POLL_INLINE` (event-queue mode).
 // On success `*out` is a server to free with `wsrt_server_free`.
 // wsrt's threads run with SIGPIPE blocked, so a client that vanishes mid-write is an
 // error for wsrt, never a SIGPIPE that kills the host; the caller's own mask and signal
@@ -309,6 +320,8 @@ const wsrt_event *wsrt_batch_get(const wsrt_batch *batch, size_t i);
 // A file descriptor that is readable while events are pending (level-triggered), for
 // epoll, libuv's `uv_poll_t` or any loop: when readable, call `wsrt_poll` with timeout 0
 // until it returns 0. Never read, write or close it. Valid until `wsrt_server_free`.
+// `WSRT_ERR_MODE` for callback and `WSRT_FLAG_POLL_INLINE` servers (whose events are made
+// inside `wsrt_poll`).
 //
 // # Safety
 // `server` comes from `wsrt_server_start`; `fd` is a valid pointer.

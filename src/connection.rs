@@ -967,7 +967,7 @@ impl Core {
         false
     }
 
-    fn send_frame(
+    pub fn send_frame(
         &mut self,
         opcode: OpCode,
         payload: &[u8],

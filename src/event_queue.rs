@@ -15,27 +15,56 @@ use crate::handler::{CloseInfo, ConnId, Decision, Handler, Message, UpgradeReque
 use crate::os::EventFd;
 use crate::server::ServerHandle;
 
+/// The request behind an `Upgrade` or `Open` event (boxed: the events that are many,
+/// messages, stay small to move).
+#[derive(Debug)]
+pub struct RequestInfo {
+    pub id: ConnId,
+    pub remote: SocketAddr,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// The server's choice (`Upgrade`), or the one agreed (`Open`).
+    pub subprotocol: Option<String>,
+    /// `Upgrade` only (empty on `Open`): what the client offered, in its order.
+    pub offered_protocols: Vec<String>,
+    /// `Upgrade` only (None on `Open`).
+    pub origin: Option<String>,
+}
+
+impl RequestInfo {
+    pub fn upgrade(req: &UpgradeRequest<'_>) -> Box<RequestInfo> {
+        Box::new(RequestInfo {
+            id: req.id,
+            remote: req.remote_addr,
+            path: req.path.to_string(),
+            query: req.query.map(String::from),
+            headers: req.headers.to_vec(),
+            subprotocol: req.subprotocol.map(String::from),
+            offered_protocols: req.offered_protocols.to_vec(),
+            origin: req.origin.map(String::from),
+        })
+    }
+
+    pub fn open(conn: &Conn<'_>) -> Box<RequestInfo> {
+        Box::new(RequestInfo {
+            id: conn.id(),
+            remote: conn.remote_addr(),
+            path: conn.path().to_string(),
+            query: conn.query().map(String::from),
+            headers: conn.request_headers().to_vec(),
+            subprotocol: conn.subprotocol().map(String::from),
+            offered_protocols: Vec::new(),
+            origin: None,
+        })
+    }
+}
+
 /// One event, owning its data.
 pub enum QueuedEvent {
     /// Only with `decide_upgrades`: answer with `ServerHandle::accept` / `reject`.
-    Upgrade {
-        id: ConnId,
-        path: String,
-        query: Option<String>,
-        headers: Vec<(String, String)>,
-        remote: SocketAddr,
-        offered_protocols: Vec<String>,
-        subprotocol: Option<String>,
-        origin: Option<String>,
-    },
-    Open {
-        id: ConnId,
-        remote: SocketAddr,
-        path: String,
-        query: Option<String>,
-        headers: Vec<(String, String)>,
-        subprotocol: Option<String>,
-    },
+    Upgrade(Box<RequestInfo>),
+    Open(Box<RequestInfo>),
     Message {
         id: ConnId,
         text: bool,
@@ -59,9 +88,8 @@ pub enum QueuedEvent {
 impl QueuedEvent {
     pub fn id(&self) -> ConnId {
         match self {
-            QueuedEvent::Upgrade { id, .. }
-            | QueuedEvent::Open { id, .. }
-            | QueuedEvent::Message { id, .. }
+            QueuedEvent::Upgrade(r) | QueuedEvent::Open(r) => r.id,
+            QueuedEvent::Message { id, .. }
             | QueuedEvent::Pong { id, .. }
             | QueuedEvent::Drain { id }
             | QueuedEvent::Close { id, .. } => *id,
@@ -76,6 +104,8 @@ struct State {
     signalled: bool,
     /// The server has stopped: no event follows the ones queued.
     stopped: bool,
+    /// Inline mode: a poller is running the worker's loop; the others wait for it.
+    driving: bool,
 }
 
 pub struct EventQueue {
@@ -87,6 +117,9 @@ pub struct EventQueue {
     /// Events were pushed in the current worker turn; announced at its end.
     unannounced: AtomicBool,
     signal: EventFd,
+    /// Someone asked for the event fd: keep it readable while events are pending (two
+    /// syscalls per batch otherwise saved).
+    fd_used: AtomicBool,
     handle: OnceLock<ServerHandle>,
 }
 
@@ -100,6 +133,7 @@ impl EventQueue {
                 waiting: 0,
                 signalled: false,
                 stopped: false,
+                driving: false,
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -107,6 +141,7 @@ impl EventQueue {
             paused: AtomicBool::new(false),
             unannounced: AtomicBool::new(false),
             signal: EventFd::new()?,
+            fd_used: AtomicBool::new(false),
             handle: OnceLock::new(),
         }))
     }
@@ -122,7 +157,15 @@ impl EventQueue {
     }
 
     /// Readable while events are pending (level-triggered); never read or write it yourself.
+    /// Not for inline servers (`Server::start_inline`): their events are made inside `poll`.
     pub fn fd(&self) -> std::os::fd::RawFd {
+        if !self.fd_used.swap(true, Ordering::SeqCst) {
+            let mut st = self.lock();
+            if !st.events.is_empty() && !st.signalled {
+                self.signal.signal();
+                st.signalled = true;
+            }
+        }
         self.signal.raw_fd()
     }
 
@@ -149,27 +192,47 @@ impl EventQueue {
     /// poller waiting forever wakes when the server stops.
     ///
     /// Sends this thread makes after receiving events are corked until the next poll begins
-    /// (one worker wake-up per batch, see `cork`).
+    /// (one worker wake-up per batch, see `cork`). With an inline server, the poll runs the
+    /// worker's loop on this thread (one turn at least, even with a zero timeout); while
+    /// one thread does, other pollers wait for it.
     pub fn poll(&self, out: &mut Vec<QueuedEvent>, max: usize, timeout: Option<Duration>) -> usize {
         let handle = self.handle.get();
         if let Some(h) = handle {
             h.begin_poll();
         }
+        let inline = handle.filter(|h| h.is_inline());
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut drove = false;
         let mut st = self.lock();
         while st.events.is_empty() {
             if st.stopped {
                 return 0;
             }
-            let wait = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return 0,
-                },
-                None => None,
-            };
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if let Some(h) = inline.filter(|_| !st.driving) {
+                if drove && left == Some(Duration::ZERO) {
+                    return 0;
+                }
+                st.driving = true;
+                drop(st);
+                let running = h.drive(left);
+                drove = true;
+                st = self.lock();
+                st.driving = false;
+                if st.waiting > 0 {
+                    // One of them may take over the loop.
+                    self.ready.notify_all();
+                }
+                if !running && st.events.is_empty() {
+                    return 0;
+                }
+                continue;
+            }
+            if left == Some(Duration::ZERO) {
+                return 0;
+            }
             st.waiting += 1;
-            st = match wait {
+            st = match left {
                 Some(left) => {
                     self.ready
                         .wait_timeout(st, left)
@@ -229,7 +292,7 @@ impl EventQueue {
         if st.events.is_empty() {
             return true;
         }
-        if !st.signalled {
+        if !st.signalled && self.fd_used.load(Ordering::Relaxed) {
             self.signal.signal();
             st.signalled = true;
         }
@@ -250,28 +313,12 @@ impl Handler for QueueHandler {
         if !self.0.decide_upgrades {
             return Decision::Accept(Default::default());
         }
-        self.0.push(QueuedEvent::Upgrade {
-            id: req.id,
-            path: req.path.to_string(),
-            query: req.query.map(String::from),
-            headers: req.headers.to_vec(),
-            remote: req.remote_addr,
-            offered_protocols: req.offered_protocols.to_vec(),
-            subprotocol: req.subprotocol.map(String::from),
-            origin: req.origin.map(String::from),
-        });
+        self.0.push(QueuedEvent::Upgrade(RequestInfo::upgrade(req)));
         Decision::Defer
     }
 
     fn on_open(&self, conn: &mut Conn<'_>) {
-        self.0.push(QueuedEvent::Open {
-            id: conn.id(),
-            remote: conn.remote_addr(),
-            path: conn.path().to_string(),
-            query: conn.query().map(String::from),
-            headers: conn.request_headers().to_vec(),
-            subprotocol: conn.subprotocol().map(String::from),
-        });
+        self.0.push(QueuedEvent::Open(RequestInfo::open(conn)));
     }
 
     fn on_message(&self, conn: &mut Conn<'_>, msg: Message<'_>) {

@@ -1,4 +1,5 @@
-//! The few things wsrt asks the OS for directly: signal waiting and the fd limit.
+//! The few things wsrt asks the OS for directly: signal waiting, the fd limit, the listen
+//! queue, an eventfd, and writes that never raise SIGPIPE.
 //! Every `unsafe` block here wraps one libc call.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -110,5 +111,35 @@ impl EventFd {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64 from our own fd; EAGAIN is fine.
         unsafe { libc::read(self.raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// A socket writer that never raises SIGPIPE: std's `write` sends with MSG_NOSIGNAL, but
+/// its `write_vectored` is a plain `writev`, which would kill a host that has not blocked
+/// or ignored SIGPIPE (an inline server runs on the host's own thread) when a client is gone.
+pub struct NoSigPipe<'a, S: std::os::fd::AsRawFd>(pub &'a S);
+
+impl<S: std::os::fd::AsRawFd> io::Write for NoSigPipe<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is ABI-compatible with iovec; sendmsg only reads the buffers.
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len().min(1024) as _;
+        // SAFETY: `msg` points to `msg_iovlen` live iovecs borrowed for the call; the fd is
+        // borrowed and open.
+        let n = unsafe { libc::sendmsg(self.0.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -13,11 +13,12 @@ use crossbeam_channel::Sender;
 
 use crate::connection::ConnShared;
 use crate::cork::{Cork, SendBatch, WakeState};
+use crate::event_queue::EventQueue;
 use crate::frame::{self, OpCode};
 use crate::handler::{Accept, ConnId, Decision, Handler, Message, Reject, SendStatus};
 use crate::handshake::RejectKind;
 use crate::options::{BackpressurePolicy, OptionError, Options};
-use crate::worker::Worker;
+use crate::worker::{InlineWorker, Worker};
 
 /// Why a server could not start.
 #[derive(Debug)]
@@ -180,10 +181,18 @@ pub(crate) struct WorkerRef {
     pub watch_requested: AtomicBool,
     pub registry: RwLock<Vec<Option<Arc<ConnShared>>>>,
     pub stats: Arc<WorkerStats>,
+    /// Inline mode: the worker itself, run by the polling threads (no thread of its own).
+    pub inline: Option<InlineWorker>,
 }
 
 impl WorkerRef {
-    fn new(tx: Sender<Cmd>, waker: mio::Waker, cork: Arc<Cork>, stats: Arc<WorkerStats>) -> Self {
+    fn new(
+        tx: Sender<Cmd>,
+        waker: mio::Waker,
+        cork: Arc<Cork>,
+        stats: Arc<WorkerStats>,
+        inline: bool,
+    ) -> Self {
         WorkerRef {
             tx,
             waker,
@@ -194,6 +203,7 @@ impl WorkerRef {
             watch_requested: AtomicBool::new(false),
             registry: RwLock::new(Vec::new()),
             stats,
+            inline: inline.then(InlineWorker::default),
         }
     }
 
@@ -207,6 +217,21 @@ impl WorkerRef {
     pub fn send(&self, cmd: Cmd) -> bool {
         // Corked messages already sent go first (one thread's commands keep their order).
         self.move_batch();
+        // Inline mode, and no thread is running the loop: apply it now.
+        let mut cmd = Some(cmd);
+        if let Some(inline) = &self.inline {
+            let applied = inline.try_with(|worker| {
+                if let Some(cmd) = cmd.take() {
+                    worker.apply(cmd);
+                }
+            });
+            if applied.is_some() {
+                return true;
+            }
+        }
+        let Some(cmd) = cmd else {
+            return true;
+        };
         if self.tx.send(cmd).is_err() {
             return false;
         }
@@ -299,7 +324,8 @@ impl Shared {
         let waker = mio::Waker::new(poll.registry(), crate::worker::WAKER).unwrap();
         let (tx, _rx) = crossbeam_channel::unbounded();
         let cork = Arc::new(Cork::default());
-        let worker = WorkerRef::new(tx, waker, cork.clone(), Arc::new(WorkerStats::default()));
+        let stats = Arc::new(WorkerStats::default());
+        let worker = WorkerRef::new(tx, waker, cork.clone(), stats, false);
         let shared = Shared {
             opts,
             workers: vec![worker],
@@ -327,6 +353,8 @@ impl Shared {
 pub struct Server {
     handle: ServerHandle,
     threads: Vec<JoinHandle<()>>,
+    /// Inline mode: the worker has not stopped yet.
+    inline: bool,
 }
 
 impl Server {
@@ -336,6 +364,31 @@ impl Server {
     }
 
     pub fn start_arc(opts: Options, handler: Arc<dyn Handler>) -> Result<Server, Error> {
+        Server::launch(opts, handler, false)
+    }
+
+    /// Start a server without worker threads: its one worker runs on whichever thread
+    /// polls `queue` (`EventQueue::poll`), for hosts that poll in a loop, so events are
+    /// handled and answered on the polling thread with no handoff between threads. Nothing
+    /// happens between polls: keep polling (and join or shut down to finish). Sends and
+    /// commands made while no thread is polling take effect at once and are written when
+    /// the next poll begins. `workers` must be 0 or 1.
+    pub fn start_inline(opts: Options, queue: &Arc<EventQueue>) -> Result<Server, Error> {
+        if opts.workers > 1 {
+            return Err(Error::Option(OptionError {
+                option: "workers".into(),
+                message: format!(
+                    "an inline server runs its one worker on the polling thread; set 1 (or 0), got {}",
+                    opts.workers
+                ),
+            }));
+        }
+        let server = Server::launch(opts, Arc::new(queue.handler()), true)?;
+        queue.attach(server.handle());
+        Ok(server)
+    }
+
+    fn launch(opts: Options, handler: Arc<dyn Handler>, inline: bool) -> Result<Server, Error> {
         opts.validate()?;
         let io_err = |context: String| move |source| Error::Io { context, source };
         let mut listener = mio::net::TcpListener::bind(opts.listen)
@@ -345,7 +398,7 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(io_err("cannot read the listening address".into()))?;
-        let n = opts.effective_workers();
+        let n = if inline { 1 } else { opts.effective_workers() };
         let mut parts = Vec::with_capacity(n);
         let mut refs = Vec::with_capacity(n);
         let cork = Arc::new(Cork::default());
@@ -355,7 +408,13 @@ impl Server {
                 .map_err(io_err("cannot create a waker".into()))?;
             let (tx, rx) = crossbeam_channel::unbounded();
             let stats = Arc::new(WorkerStats::default());
-            refs.push(WorkerRef::new(tx, waker, cork.clone(), stats.clone()));
+            refs.push(WorkerRef::new(
+                tx,
+                waker,
+                cork.clone(),
+                stats.clone(),
+                inline,
+            ));
             parts.push((poll, rx, stats));
         }
         parts[0]
@@ -389,6 +448,10 @@ impl Server {
                 handler.clone(),
                 stats,
             );
+            if let Some(holder) = &shared.workers[index].inline {
+                holder.install(worker);
+                continue;
+            }
             let t = std::thread::Builder::new()
                 .name(format!("wsrt-worker-{index}"))
                 .spawn(move || worker.run())
@@ -398,6 +461,7 @@ impl Server {
         Ok(Server {
             handle: ServerHandle { shared },
             threads,
+            inline,
         })
     }
 
@@ -421,6 +485,12 @@ impl Server {
     }
 
     fn join_threads(&mut self) {
+        if std::mem::take(&mut self.inline) {
+            // The loop runs on the caller's thread until it stops.
+            for w in &self.handle.shared.workers {
+                while w.inline.as_ref().is_some_and(|i| i.drive(None)) {}
+            }
+        }
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 log::error!("a wsrt worker thread panicked");
@@ -432,7 +502,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || self.inline {
             self.handle.shutdown();
             self.join_threads();
         }
@@ -463,17 +533,43 @@ impl ServerHandle {
     pub(crate) fn begin_poll(&self) {
         self.shared.cork.begin_poll();
         self.shared.flush_corked();
+        // Inline: the replies to the last batch go out now, not after the rest of the
+        // turn's events, so the clients get to work while we go on (pipelining).
+        for w in &self.shared.workers {
+            if let Some(inline) = &w.inline {
+                inline.try_with(|w| w.flush_replies());
+            }
+        }
     }
 
     /// The calling thread received a batch of events: its sends wake workers when the next
     /// poll begins, or when a worker finds the cork left on (see `cork`).
     pub(crate) fn cork_this_thread(&self) {
+        if self.is_inline() {
+            // The poller's sends go straight to the worker it just ran (`send_message`).
+            return;
+        }
         if self.shared.cork.cork_this_thread() {
             if let Some(w) = self.shared.workers.first() {
                 w.watch_requested.store(true, Ordering::SeqCst);
                 w.wake_up();
             }
         }
+    }
+
+    /// The server runs inline (`Server::start_inline`).
+    pub(crate) fn is_inline(&self) -> bool {
+        self.shared.workers.iter().any(|w| w.inline.is_some())
+    }
+
+    /// Inline mode: run one turn of the loop on this thread, waiting at most `limit`.
+    /// False once it has stopped (or if the server is not inline).
+    pub(crate) fn drive(&self, limit: Option<Duration>) -> bool {
+        self.shared
+            .workers
+            .iter()
+            .filter_map(|w| w.inline.as_ref())
+            .fold(false, |running, i| i.drive(limit) | running)
     }
 
     fn worker(&self, id: ConnId) -> Option<&WorkerRef> {
@@ -496,6 +592,12 @@ impl ServerHandle {
     }
 
     fn send_message(&self, id: ConnId, opcode: OpCode, payload: &[u8]) -> SendStatus {
+        let inline = self.worker(id).and_then(|w| w.inline.as_ref());
+        if let Some(status) =
+            inline.and_then(|i| i.try_with(|w| w.send_message(id, opcode, payload)))
+        {
+            return status;
+        }
         let len = frame::header_len(payload.len()) + payload.len();
         match self.admit(id, len) {
             Ok((w, status)) if w.send_message(id, opcode, payload) => status,

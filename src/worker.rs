@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -16,8 +16,10 @@ use slab::Slab;
 
 use crate::connection::{Conn, ConnShared, ConnState, Core, Ctx, Finish};
 use crate::cork::CorkWatch;
-use crate::handler::{ConnId, Handler};
+use crate::frame::OpCode;
+use crate::handler::{ConnId, Handler, SendStatus};
 use crate::handshake::{self, RejectKind, Rejection};
+use crate::os::NoSigPipe;
 use crate::outbound::Chunk;
 use crate::server::{shutdown_deadline, Cmd, Shared, WorkerStats};
 use crate::topics::Topics;
@@ -62,6 +64,13 @@ pub(crate) struct Worker {
     /// Connections not read because `Handler::reading_paused` said so.
     paused: Vec<usize>,
     cork_watch: CorkWatch,
+    events: Events,
+    /// Of `events`, the first not handled yet (0: all were; poll again).
+    next_event: usize,
+    /// Ready sockets handled per turn. Inline, a turn hands its events to the host, whose
+    /// replies go out before the next turn: a few sockets at a time keeps replies flowing
+    /// while the rest are read (as a callback worker writes after each read).
+    events_per_turn: usize,
 }
 
 impl Worker {
@@ -101,6 +110,9 @@ impl Worker {
             scratch: Vec::new(),
             paused: Vec::new(),
             cork_watch: CorkWatch::default(),
+            events: Events::with_capacity(1024),
+            next_event: 0,
+            events_per_turn: usize::MAX,
         }
     }
 
@@ -108,44 +120,64 @@ impl Worker {
         &self.ctx.shared.workers[self.index]
     }
 
+    /// Run on a thread of its own until stopped.
     pub fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+        while !self.turn(None) {}
+        self.finish();
+    }
+
+    /// One loop iteration: wait (at most `limit`, if given) for sockets, commands or timers,
+    /// then handle what came. Whether the worker should stop (then call `finish`).
+    pub fn turn(&mut self, limit: Option<Duration>) -> bool {
+        // Replies sent directly by an inline poller (`apply`) go out before we wait.
+        self.flush_dirty();
+        if self.next_event == 0 {
+            let mut timeout = self.poll_timeout();
+            if let Some(limit) = limit {
+                timeout = Some(timeout.map_or(limit, |t| t.min(limit)));
+            }
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker {}: poll failed: {e}", self.index);
-                    break;
+                    return true;
                 }
             }
-            self.ctx.now = Instant::now();
-            for ev in events.iter() {
-                match ev.token() {
-                    WAKER => {}
-                    LISTENER => self.accept_ready(),
-                    Token(k) => {
-                        if ev.is_writable() {
-                            self.flush_slot(k);
-                        }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_slot(k, ev.is_read_closed() || ev.is_error());
-                        }
+        }
+        self.ctx.now = Instant::now();
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let mut rest = events.iter().skip(self.next_event);
+        for ev in rest.by_ref().take(self.events_per_turn) {
+            self.next_event += 1;
+            match ev.token() {
+                WAKER => {}
+                LISTENER => self.accept_ready(),
+                Token(k) => {
+                    if ev.is_writable() {
+                        self.flush_slot(k);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_slot(k, ev.is_read_closed() || ev.is_error());
                     }
                 }
             }
-            self.drain_inbox();
-            for k in std::mem::take(&mut self.ctx.resume) {
-                self.read_slot(k, true);
-            }
-            self.run_timers();
-            self.flush_dirty();
-            let announced = self.ctx.handler.on_turn_end();
-            self.watch_cork(announced);
-            if self.shutdown_step() {
-                break;
-            }
         }
-        // Stopped: drop whatever is left (the shutdown deadline passed or poll failed).
+        if rest.next().is_none() {
+            self.next_event = 0;
+        }
+        self.events = events;
+        self.drain_inbox();
+        for k in std::mem::take(&mut self.ctx.resume) {
+            self.read_slot(k, true);
+        }
+        self.run_timers();
+        self.flush_dirty();
+        let announced = self.ctx.handler.on_turn_end();
+        self.watch_cork(announced);
+        self.shutdown_step()
+    }
+
+    /// Stopped: drop whatever is left (the shutdown deadline passed or poll failed).
+    pub fn finish(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.remove(k);
@@ -159,6 +191,42 @@ impl Worker {
             self.ctx.handler.on_stopped();
         }
         log::debug!("worker {} stopped", self.index);
+    }
+
+    /// Inline mode: a command from a thread that found no one running the loop, applied
+    /// at once (after any commands queued before it, so one thread's calls keep their
+    /// order). What it writes goes out at the start of the next turn.
+    pub fn apply(&mut self, cmd: Cmd) {
+        self.ctx.now = Instant::now();
+        self.drain_inbox();
+        self.command(cmd);
+    }
+
+    /// Inline mode: write what direct sends queued (see `apply`).
+    pub fn flush_replies(&mut self) {
+        self.ctx.now = Instant::now();
+        self.flush_dirty();
+    }
+
+    /// Inline mode: a message sent directly to a connection's queue (see `apply`).
+    /// The clock is the last turn's (a clock read per message would cost more than the send).
+    pub fn send_message(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) -> SendStatus {
+        if !self.rx.is_empty() {
+            self.drain_inbox();
+        }
+        let k = id.slot();
+        let Some(slot) = self.conns.get_mut(k).filter(|s| s.state.core().id == id) else {
+            return SendStatus::Gone;
+        };
+        let status = slot
+            .state
+            .core_mut()
+            .send_frame(opcode, payload, false, &mut self.ctx);
+        if status == SendStatus::Dropped {
+            // The backpressure policy may have closed it.
+            self.after_io(k);
+        }
+        status
     }
 
     /// Keep corked sends from being stranded by a host that stopped polling (see `cork`).
@@ -392,7 +460,7 @@ impl Worker {
         };
         let core = slot.state.core_mut();
         core.dirty = false;
-        let res = core.flush(&mut &slot.stream, &mut self.ctx);
+        let res = core.flush(&mut NoSigPipe(&slot.stream), &mut self.ctx);
         self.ctx.cork_slot = None;
         match res {
             Ok(true) => {
@@ -561,7 +629,12 @@ impl Worker {
                     let id = self.scratch[i];
                     if let Some(slot) = self.conns.get_mut(id.slot()) {
                         let core = slot.state.core_mut();
-                        core.send_shared(&frame, &mut cache, &mut self.ctx, &mut &slot.stream);
+                        core.send_shared(
+                            &frame,
+                            &mut cache,
+                            &mut self.ctx,
+                            &mut NoSigPipe(&slot.stream),
+                        );
                     }
                 }
             }
@@ -570,7 +643,12 @@ impl Worker {
                 for (_, slot) in self.conns.iter_mut() {
                     if slot.state.core().is_open() {
                         let core = slot.state.core_mut();
-                        core.send_shared(&frame, &mut cache, &mut self.ctx, &mut &slot.stream);
+                        core.send_shared(
+                            &frame,
+                            &mut cache,
+                            &mut self.ctx,
+                            &mut NoSigPipe(&slot.stream),
+                        );
                     }
                 }
             }
@@ -680,4 +758,50 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EPROTO) | Some(libc::ECONNABORTED)
     )
+}
+
+const INLINE_EVENTS_PER_TURN: usize = 16;
+
+/// Inline mode: the one worker of a server without worker threads, run by whichever
+/// thread polls the event queue (as uWebSockets runs its loop on the caller's thread), so
+/// events are handled and answered on the thread that made them, with no handoff. Held
+/// here between turns; dropped once it has stopped.
+#[derive(Default)]
+pub(crate) struct InlineWorker(Mutex<Option<Worker>>);
+
+impl InlineWorker {
+    pub fn install(&self, mut worker: Worker) {
+        worker.events_per_turn = INLINE_EVENTS_PER_TURN;
+        *self.lock() = Some(worker);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Worker>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run one turn, waiting at most `limit` (after a turn another thread may be running).
+    /// False once the worker has stopped.
+    pub fn drive(&self, limit: Option<Duration>) -> bool {
+        let mut guard = self.lock();
+        let Some(worker) = guard.as_mut() else {
+            return false;
+        };
+        if worker.turn(limit) {
+            worker.finish();
+            *guard = None;
+            return false;
+        }
+        true
+    }
+
+    /// Run `f` on the worker now if no thread is running it. None if one is (the caller
+    /// then queues a command for it) or it has stopped.
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
+        let mut guard = match self.0.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        guard.as_mut().map(f)
+    }
 }

@@ -175,9 +175,14 @@ fn echo_round(port: u16, greeting: Option<&str>) {
 #[test]
 fn poll_echo_static_and_dynamic() {
     for dynamic in [false, true] {
-        let r = run(&compile("echo_poll", dynamic));
-        echo_round(r.port, None);
-        stop(r);
+        // Worker threads, then the loop run inside wsrt_poll (WSRT_FLAG_POLL_INLINE).
+        for args in [&[][..], &["--inline"]] {
+            let r = run_args(&compile("echo_poll", dynamic), args);
+            echo_round(r.port, None);
+            echo_round(r.port, None);
+            let out = stop(r);
+            assert!(out.iter().any(|l| l == "messages in 4 out 4"), "{out:?}");
+        }
     }
 }
 
@@ -214,7 +219,14 @@ fn adopted_sockets_echo() {
 
 #[test]
 fn examples_are_clean_under_address_and_leak_sanitizers() {
-    for example in ["echo_poll", "echo_callbacks", "echo_epoll", "echo_adopt"] {
+    let runs: [(&str, &[&str]); 5] = [
+        ("echo_poll", &[]),
+        ("echo_poll", &["--inline"]),
+        ("echo_callbacks", &[]),
+        ("echo_epoll", &[]),
+        ("echo_adopt", &[]),
+    ];
+    for (example, args) in runs {
         let bin = compile_with(
             example,
             false,
@@ -225,7 +237,7 @@ fn examples_are_clean_under_address_and_leak_sanitizers() {
         let file = std::fs::File::create(&log).unwrap();
         let r = run_with(
             &bin,
-            &[],
+            args,
             Stdio::from(file),
             &[("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")],
         );
@@ -333,7 +345,13 @@ fn counts(line: &str) -> (u32, u32) {
 
 #[test]
 fn deferred_upgrades_reject_without_token_and_accept_with_a_cookie() {
-    let r = run_args(&compile("echo_poll", true), &["--decide"]);
+    for args in [&["--decide"][..], &["--decide", "--inline"]] {
+        deferred_upgrades(args);
+    }
+}
+
+fn deferred_upgrades(args: &[&str]) {
+    let r = run_args(&compile("echo_poll", true), args);
     let addr = format!("127.0.0.1:{}", r.port).parse().unwrap();
     let (status, head, body) = http(addr, &upgrade_request("/app?token=no", ""));
     assert_eq!(status, 403, "{head}");

@@ -40,18 +40,16 @@ fn poll_echo_and_event_fd_semantics() {
     let mut batch = Vec::new();
     assert_eq!(q.poll(&mut batch, 10, Some(WAIT)), 1);
     let id = match &batch[0] {
-        QueuedEvent::Open {
-            id,
-            path,
-            query,
-            headers,
-            ..
-        } => {
-            assert_eq!((path.as_str(), query.as_deref()), ("/q", Some("x=1")));
-            assert!(headers
+        QueuedEvent::Open(open) => {
+            assert_eq!(
+                (open.path.as_str(), open.query.as_deref()),
+                ("/q", Some("x=1"))
+            );
+            assert!(open
+                .headers
                 .iter()
                 .any(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")));
-            *id
+            open.id
         }
         _ => panic!("expected open"),
     };
@@ -157,7 +155,7 @@ fn corked_replies_are_never_stranded_and_keep_their_order_with_commands() {
     let h = server.handle();
     let mut clients: Vec<_> = (0..6).map(|_| raw_ws(server.local_addr(), "/")).collect();
     let ids = poll_for(&q, clients.len(), |ev| match ev {
-        QueuedEvent::Open { id, .. } => Some(*id),
+        QueuedEvent::Open(open) => Some(open.id),
         _ => None,
     });
     // This thread just received a batch, so its sends are corked; it never polls again
@@ -223,4 +221,187 @@ fn a_poll_waiting_forever_wakes_when_the_server_stops() {
     poller.join().unwrap();
     server.join();
     assert_eq!(q.poll(&mut batch, 10, None), 0, "stopped: at once");
+}
+
+// ---- inline servers: the loop runs inside `poll`, on the polling thread ----
+
+fn start_inline(pairs: &[(&str, &str)]) -> (Server, std::sync::Arc<EventQueue>) {
+    let q = EventQueue::new(1000, false).unwrap();
+    let pairs = [&[("workers", "1")][..], pairs].concat();
+    let server = Server::start_inline(options(&pairs), &q).unwrap();
+    (server, q)
+}
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// A host that polls in a loop (waiting forever) and answers on the polling thread: echo
+/// each message; "close me" gets "bye" and a close. Returns the ids it saw open, once the
+/// server has stopped.
+fn inline_host(
+    q: std::sync::Arc<EventQueue>,
+    h: wsrt::ServerHandle,
+    opened: std::sync::mpsc::Sender<wsrt::ConnId>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        let mut closes = 0;
+        loop {
+            batch.clear();
+            if q.poll(&mut batch, 64, None) == 0 {
+                return closes;
+            }
+            for ev in &batch {
+                match ev {
+                    QueuedEvent::Open(open) => opened.send(open.id).unwrap(),
+                    QueuedEvent::Message { id, data, .. } if data == b"close me" => {
+                        h.send_text(*id, "bye");
+                        assert!(h.close(*id, 1000, "asked to"));
+                    }
+                    QueuedEvent::Message { id, text, data } => {
+                        let msg = match text {
+                            true => Message::Text(std::str::from_utf8(data).unwrap()),
+                            false => Message::Binary(data),
+                        };
+                        h.send(*id, msg);
+                    }
+                    QueuedEvent::Close { .. } => closes += 1,
+                    _ => {}
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn an_inline_server_runs_on_the_polling_thread_and_answers_in_order() {
+    let before = threads_named("wsrt-worker");
+    let (server, q) = start_inline(&[]);
+    assert_eq!(threads_named("wsrt-worker"), before, "no worker thread");
+    let (tx, opened) = std::sync::mpsc::channel();
+    let host = inline_host(q.clone(), server.handle(), tx);
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = raw_ws(addr, "/");
+                // Pipelined: every message is sent before the first echo is read.
+                let mut bytes = Vec::new();
+                for i in 0..200 {
+                    bytes.extend(frame(true, 1, format!("{c}:{i}").as_bytes(), true));
+                }
+                s.write_all(&bytes).unwrap();
+                for i in 0..200 {
+                    let (_, op, payload) = read_frame(&mut s);
+                    assert_eq!((op, payload), (1, format!("{c}:{i}").into_bytes()));
+                }
+                s.write_all(&frame(true, 1, b"close me", true)).unwrap();
+                assert_eq!(read_frame(&mut s), (true, 1, b"bye".to_vec()));
+                assert_eq!(read_until_close(&mut s), Some(1000));
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(opened.try_iter().count(), 4);
+    // A send from another thread while the host waits in poll wakes the loop.
+    let mut s = raw_ws(addr, "/");
+    let id = opened.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        server.handle().send_text(id, "from outside"),
+        wsrt::SendStatus::Sent
+    );
+    assert_eq!(read_frame(&mut s), (true, 1, b"from outside".to_vec()));
+    // Shutdown runs the loop on this thread, alongside the host's poll, until it stops:
+    // the last client gets its 1001, the host its CLOSE, then a 0 that ends its loop.
+    let closer = std::thread::spawn(move || read_until_close(&mut s));
+    server.shutdown();
+    assert_eq!(closer.join().unwrap(), Some(1001));
+    assert_eq!(host.join().unwrap(), 5, "every CLOSE reached the host");
+    let mut batch = Vec::new();
+    assert_eq!(q.poll(&mut batch, 10, None), 0, "stopped: at once");
+}
+
+#[test]
+fn an_inline_poll_with_zero_timeout_still_runs_the_loop() {
+    let (server, q) = start_inline(&[]);
+    let addr = server.local_addr();
+    let client = std::thread::spawn(move || {
+        let mut s = raw_ws(addr, "/");
+        s.write_all(&frame(true, 2, b"polled", true)).unwrap();
+        read_frame(&mut s)
+    });
+    // Only zero-timeout polls (a host that polls between its own work): bounded by WAIT.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut batch = Vec::new();
+    let mut answered = false;
+    while !answered {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        batch.clear();
+        q.poll(&mut batch, 16, Some(Duration::ZERO));
+        for ev in &batch {
+            if let QueuedEvent::Message { id, data, .. } = ev {
+                server.handle().send_binary(*id, data);
+                answered = true;
+            }
+        }
+    }
+    // The reply is written when the next poll begins.
+    let mut reply = None;
+    while reply.is_none() {
+        assert!(std::time::Instant::now() < deadline, "reply never written");
+        q.poll(&mut batch, 16, Some(Duration::ZERO));
+        reply = client.is_finished().then_some(());
+    }
+    assert_eq!(client.join().unwrap(), (true, 2, b"polled".to_vec()));
+}
+
+#[test]
+fn two_threads_can_poll_an_inline_server() {
+    let (server, q) = start_inline(&[]);
+    let (tx, _opened) = std::sync::mpsc::channel();
+    let hosts = [
+        inline_host(q.clone(), server.handle(), tx.clone()),
+        inline_host(q.clone(), server.handle(), tx),
+    ];
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = raw_ws(addr, "/");
+                // One at a time: two pollers may answer one connection's batches in any
+                // order, so each message waits for its echo.
+                for i in 0..100 {
+                    let text = format!("{c}/{i}");
+                    s.write_all(&frame(true, 1, text.as_bytes(), true)).unwrap();
+                    assert_eq!(read_frame(&mut s), (true, 1, text.into_bytes()));
+                }
+                s.write_all(&frame(true, 1, b"close me", true)).unwrap();
+                assert_eq!(read_frame(&mut s), (true, 1, b"bye".to_vec()));
+                assert_eq!(read_until_close(&mut s), Some(1000));
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    server.shutdown();
+    let closes: usize = hosts.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(closes, 6);
+}
+
+#[test]
+fn an_inline_server_has_one_worker() {
+    let q = EventQueue::new(10, false).unwrap();
+    let err = Server::start_inline(options(&[("workers", "2")]), &q)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("workers"), "{err}");
 }

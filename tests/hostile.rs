@@ -1269,7 +1269,7 @@ fn a_host_that_stops_polling_many_connections_bounded_then_complete_and_in_order
         assert!(q.poll(&mut batch, 64, Some(WAIT)) > 0);
         opened += batch
             .iter()
-            .filter(|e| matches!(e, QueuedEvent::Open { .. }))
+            .filter(|e| matches!(e, QueuedEvent::Open(_)))
             .count();
     }
     // Every client streams its messages while the host does not poll.

@@ -1,6 +1,8 @@
 /* echo_poll: a wsrt echo server in C, one thread blocked in wsrt_poll.
- * Usage: echo_poll [--decide] [--slow] [--set NAME=VALUE]... [listen-address [workers [echo|broadcast]]]
- *   defaults 127.0.0.1:0, 2 workers, echo; prints "listening on PORT".
+ * Usage: echo_poll [--inline] [--decide] [--slow] [--set NAME=VALUE]... [listen-address [workers [echo|broadcast]]]
+ *   defaults 127.0.0.1:0, 2 workers (1 with --inline), echo; prints "listening on PORT".
+ *   --inline        WSRT_FLAG_POLL_INLINE: no worker threads; the one worker runs inside
+ *                   wsrt_poll on this thread (replies are written when the next poll begins).
  *   --decide        deferred upgrades (WSRT_FLAG_DECIDE_UPGRADES): an upgrade whose query lacks
  *                   token=ok is rejected with 403; the others are accepted with a Set-Cookie.
  *   --slow          a slow host: sleeps 5 ms between polls of at most 16 events (with
@@ -53,12 +55,14 @@ static void decide(const wsrt_event *ev) {
 }
 
 int main(int argc, char **argv) {
-  int decide_upgrades = 0, slow = 0;
+  int decide_upgrades = 0, slow = 0, inline_poll = 0;
   const char *pos[3] = {"127.0.0.1:0", "2", "echo"};
   int npos = 0;
   wsrt_config *cfg = wsrt_config_new();
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--decide") == 0) {
+    if (strcmp(argv[i], "--inline") == 0) {
+      inline_poll = 1;
+    } else if (strcmp(argv[i], "--decide") == 0) {
       decide_upgrades = 1;
     } else if (strcmp(argv[i], "--slow") == 0) {
       slow = 1;
@@ -75,10 +79,11 @@ int main(int argc, char **argv) {
     } else if (npos < 3) {
       pos[npos++] = argv[i];
     } else {
-      fprintf(stderr, "usage: echo_poll [--decide] [--slow] [--set N=V]... [listen [workers [echo|broadcast]]]\n");
+      fprintf(stderr, "usage: echo_poll [--inline] [--decide] [--slow] [--set N=V]... [listen [workers [echo|broadcast]]]\n");
       return 2;
     }
   }
+  if (inline_poll && npos < 2) pos[1] = "1";
   int broadcast = strcmp(pos[2], "broadcast") == 0;
   check(wsrt_config_set(cfg, "listen", pos[0]), "listen");
   check(wsrt_config_set(cfg, "workers", pos[1]), "workers");
@@ -89,8 +94,9 @@ int main(int argc, char **argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 
-  check(wsrt_server_start(cfg, NULL, NULL, decide_upgrades ? WSRT_FLAG_DECIDE_UPGRADES : 0, &srv),
-        "start");
+  uint32_t flags = (decide_upgrades ? WSRT_FLAG_DECIDE_UPGRADES : 0) |
+                   (inline_poll ? WSRT_FLAG_POLL_INLINE : 0);
+  check(wsrt_server_start(cfg, NULL, NULL, flags, &srv), "start");
   wsrt_config_free(cfg);
   uint16_t port = 0;
   check(wsrt_server_port(srv, &port), "port");

@@ -295,6 +295,25 @@ static void options_and_errors(void) {
   CHECK(wsrt_stats_rejected(a, "bad_key", &n) == WSRT_OK && n == 0);
   CHECK(wsrt_stats_rejected(a, "no_such_reason", &n) == WSRT_ERR_INVALID);
   wsrt_server_free(a);
+  /* The inline flag: event-queue mode only, one worker, no event fd. */
+  wsrt_callbacks no_cbs = {0};
+  CHECK(wsrt_config_set(cfg, "listen", "127.0.0.1:0") == WSRT_OK);
+  CHECK(wsrt_server_start(cfg, &no_cbs, NULL, WSRT_FLAG_POLL_INLINE, &never) == WSRT_ERR_MODE &&
+        never == NULL);
+  CHECK(strstr(wsrt_last_error(), "callbacks") != NULL);
+  CHECK(wsrt_config_set(cfg, "workers", "2") == WSRT_OK);
+  CHECK(wsrt_server_start(cfg, NULL, NULL, WSRT_FLAG_POLL_INLINE, &never) == WSRT_ERR_OPTION &&
+        never == NULL);
+  CHECK(strstr(wsrt_last_error(), "workers") != NULL);
+  CHECK(wsrt_config_set(cfg, "workers", "0") == WSRT_OK);
+  CHECK(wsrt_server_start(cfg, NULL, NULL, WSRT_FLAG_POLL_INLINE, &a) == WSRT_OK);
+  int efd = 0;
+  CHECK(wsrt_event_fd(a, &efd) == WSRT_ERR_MODE);
+  CHECK(strstr(wsrt_last_error(), "inline") != NULL || strstr(wsrt_last_error(), "INLINE") != NULL);
+  wsrt_batch *none = wsrt_batch_new();
+  CHECK(wsrt_poll(a, none, 8, 0) == 0); /* one turn of the loop, nothing happened */
+  wsrt_batch_free(none);
+  wsrt_server_free(a); /* runs the loop until it stops */
   wsrt_config_free(cfg);
   section("options and errors");
 }

@@ -18,7 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use crate::event_queue::{EventQueue, QueuedEvent};
+use crate::event_queue::{EventQueue, QueuedEvent, RequestInfo};
 use crate::{
     Accept, CloseInfo, Conn, ConnId, Decision, Handler, Message, Options, Reject, SendStatus,
     Server, ServerHandle, UpgradeRequest,
@@ -65,6 +65,15 @@ pub const WSRT_EVENT_CLOSE: u32 = 6;
 /// `wsrt_server_start` flag: deliver UPGRADE events and wait for `wsrt_accept` /
 /// `wsrt_reject` (within `handshake_timeout`) instead of accepting every valid upgrade.
 pub const WSRT_FLAG_DECIDE_UPGRADES: u32 = 1;
+/// `wsrt_server_start` flag, event-queue mode only: no worker threads; the server's one
+/// worker runs inside `wsrt_poll`, on the polling thread (as uWebSockets runs its loop on
+/// the caller's thread), so events are handled and answered without a handoff between
+/// threads: the fastest mode for a host that polls in a loop. Nothing happens between
+/// polls: keep polling. Sends and other calls made while no thread is in `wsrt_poll` take
+/// effect at once and are written when the next poll begins; while a thread is in
+/// `wsrt_poll`, calls from other threads wake it. `workers` must be 0 or 1; there is no
+/// event fd. `wsrt_server_shutdown` / `wsrt_server_free` run the loop until it stops.
+pub const WSRT_FLAG_POLL_INLINE: u32 = 2;
 
 /// `on_upgrade` callback results (or a status 400..=599 to reject with).
 pub const WSRT_ACCEPT: c_int = 0;
@@ -402,7 +411,8 @@ pub unsafe extern "C" fn wsrt_config_free(config: *mut wsrt_config) {
 /// Start a server: bind the `listen` option and start the workers. The config is only
 /// read (the caller still frees it). `callbacks` NULL = event-queue mode (drain events with
 /// `wsrt_poll`); otherwise callback mode, with `user_data` passed to every callback (it must
-/// be usable from any worker thread). `flags`: `WSRT_FLAG_DECIDE_UPGRADES` or 0.
+/// be usable from any worker thread). `flags`: 0, or `WSRT_FLAG_DECIDE_UPGRADES` and/or
+/// `WSRT_FLAG_POLL_INLINE` (event-queue mode).
 /// On success `*out` is a server to free with `wsrt_server_free`.
 /// wsrt's threads run with SIGPIPE blocked, so a client that vanishes mid-write is an
 /// error for wsrt, never a SIGPIPE that kills the host; the caller's own mask and signal
@@ -428,6 +438,13 @@ pub unsafe extern "C" fn wsrt_server_start(
             return fail(WSRT_ERR_NULL, "config is NULL");
         };
         let decide = flags & WSRT_FLAG_DECIDE_UPGRADES != 0;
+        let inline = flags & WSRT_FLAG_POLL_INLINE != 0;
+        if inline && !callbacks.is_null() {
+            return fail(
+                WSRT_ERR_MODE,
+                "WSRT_FLAG_POLL_INLINE needs an event-queue server (callbacks == NULL)",
+            );
+        }
         // SAFETY: per the function's contract.
         let (handler, queue): (Arc<dyn Handler>, _) = match unsafe { callbacks.as_ref() } {
             Some(cbs) => (
@@ -451,7 +468,11 @@ pub unsafe extern "C" fn wsrt_server_start(
         // Worker threads inherit this thread's signal mask: started with SIGPIPE blocked,
         // a write to a peer that is gone fails with EPIPE instead of killing the host
         // (a Rust binary ignores SIGPIPE at startup; a C, Node, JVM or Go host does not).
-        let server = match without_sigpipe(|| Server::start_arc(cfg.opts.clone(), handler)) {
+        let start = || match &queue {
+            Some(q) if inline => Server::start_inline(cfg.opts.clone(), q),
+            _ => Server::start_arc(cfg.opts.clone(), handler),
+        };
+        let server = match without_sigpipe(start) {
             Ok(s) => s,
             Err(crate::Error::Option(e)) => return fail(WSRT_ERR_OPTION, e.to_string()),
             Err(e) => return fail(WSRT_ERR_IO, e.to_string()),
@@ -763,6 +784,8 @@ pub unsafe extern "C" fn wsrt_batch_get(batch: *const wsrt_batch, i: usize) -> *
 /// A file descriptor that is readable while events are pending (level-triggered), for
 /// epoll, libuv's `uv_poll_t` or any loop: when readable, call `wsrt_poll` with timeout 0
 /// until it returns 0. Never read, write or close it. Valid until `wsrt_server_free`.
+/// `WSRT_ERR_MODE` for callback and `WSRT_FLAG_POLL_INLINE` servers (whose events are made
+/// inside `wsrt_poll`).
 ///
 /// # Safety
 /// `server` comes from `wsrt_server_start`; `fd` is a valid pointer.
@@ -778,6 +801,10 @@ pub unsafe extern "C" fn wsrt_event_fd(server: *const wsrt_server, fd: *mut c_in
             return fail(WSRT_ERR_NULL, "fd is NULL");
         }
         match &s.queue {
+            Some(_) if s.handle.is_inline() => return fail(
+                WSRT_ERR_MODE,
+                "a WSRT_FLAG_POLL_INLINE server has no event fd: its loop runs inside wsrt_poll",
+            ),
             // SAFETY: non-NULL per the check, valid per the contract.
             Some(q) => unsafe { *fd = q.fd() },
             None => return fail(WSRT_ERR_MODE, "callback-mode servers have no event fd"),
@@ -834,37 +861,21 @@ impl wsrt_batch {
     fn describe(&mut self, ev: &QueuedEvent) -> wsrt_event {
         let mut e = blank_event(ev.id());
         match ev {
-            QueuedEvent::Upgrade {
-                path,
-                query,
-                headers,
-                remote,
-                subprotocol,
-                origin,
-                ..
-            } => {
-                e.kind = WSRT_EVENT_UPGRADE;
-                e.remote_addr = self.cstr(&remote.to_string());
-                e.path = self.cstr(path);
-                e.query = self.opt_cstr(query);
-                e.subprotocol = self.opt_cstr(subprotocol);
-                e.origin = self.opt_cstr(origin);
-                (e.headers, e.header_count) = self.header_list(headers);
-            }
-            QueuedEvent::Open {
-                remote,
-                path,
-                query,
-                headers,
-                subprotocol,
-                ..
-            } => {
-                e.kind = WSRT_EVENT_OPEN;
-                e.remote_addr = self.cstr(&remote.to_string());
-                e.path = self.cstr(path);
-                e.query = self.opt_cstr(query);
-                e.subprotocol = self.opt_cstr(subprotocol);
-                (e.headers, e.header_count) = self.header_list(headers);
+            QueuedEvent::Upgrade(r) | QueuedEvent::Open(r) => {
+                let upgrade = matches!(ev, QueuedEvent::Upgrade(_));
+                e.kind = if upgrade {
+                    WSRT_EVENT_UPGRADE
+                } else {
+                    WSRT_EVENT_OPEN
+                };
+                e.remote_addr = self.cstr(&r.remote.to_string());
+                e.path = self.cstr(&r.path);
+                e.query = self.opt_cstr(&r.query);
+                e.subprotocol = self.opt_cstr(&r.subprotocol);
+                if upgrade {
+                    e.origin = self.opt_cstr(&r.origin);
+                }
+                (e.headers, e.header_count) = self.header_list(&r.headers);
             }
             QueuedEvent::Message { text, data, .. } => {
                 e.kind = WSRT_EVENT_MESSAGE;
@@ -1489,16 +1500,7 @@ impl Handler for CallbackHandler {
                 Decision::Accept(Accept::default())
             };
         };
-        let ev = QueuedEvent::Upgrade {
-            id: req.id,
-            path: req.path.to_string(),
-            query: req.query.map(String::from),
-            headers: req.headers.to_vec(),
-            remote: req.remote_addr,
-            offered_protocols: req.offered_protocols.to_vec(),
-            subprotocol: req.subprotocol.map(String::from),
-            origin: req.origin.map(String::from),
-        };
+        let ev = QueuedEvent::Upgrade(RequestInfo::upgrade(req));
         let rc = Self::with_event(&ev, |e| {
             f(self.user_data as *mut c_void, std::ptr::null_mut(), e)
         });
@@ -1517,14 +1519,7 @@ impl Handler for CallbackHandler {
         if self.on_open.is_none() {
             return;
         }
-        let ev = QueuedEvent::Open {
-            id: conn.id(),
-            remote: conn.remote_addr(),
-            path: conn.path().to_string(),
-            query: conn.query().map(String::from),
-            headers: conn.request_headers().to_vec(),
-            subprotocol: conn.subprotocol().map(String::from),
-        };
+        let ev = QueuedEvent::Open(RequestInfo::open(conn));
         Self::with_event(&ev, |e| self.call(self.on_open, conn, e));
     }
 
