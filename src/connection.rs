@@ -1043,11 +1043,8 @@ impl Core {
             ctx.cork.extend_from_slice(&header[..hlen]);
             ctx.cork.extend_from_slice(payload);
         } else {
-            let mut v = Vec::with_capacity(len);
-            v.extend_from_slice(&header[..hlen]);
-            v.extend_from_slice(payload);
             self.shared.queued.fetch_add(len, Ordering::Relaxed);
-            self.out.push(Chunk::Owned(v));
+            self.out.push_frame(&header[..hlen], payload);
             self.mark_dirty(ctx);
         }
         if self.blocked {

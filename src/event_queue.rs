@@ -106,7 +106,13 @@ struct State {
     stopped: bool,
     /// Inline mode: a poller is running the worker's loop; the others wait for it.
     driving: bool,
+    /// Message buffers given back by pollers (`recycle`), reused for the next messages.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers up to this capacity are recycled, at most `SPARE_COUNT` of them (≤ 1 MiB).
+const SPARE_CAPACITY: usize = 1024;
+const SPARE_COUNT: usize = 1024;
 
 pub struct EventQueue {
     state: Mutex<State>,
@@ -134,6 +140,7 @@ impl EventQueue {
                 signalled: false,
                 stopped: false,
                 driving: false,
+                spare: Vec::new(),
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -266,12 +273,40 @@ impl EventQueue {
     /// Queue an event; pollers learn of it at the end of the worker's turn (`announce`), so
     /// a turn that reads many messages wakes the host once.
     fn push(&self, ev: QueuedEvent) {
+        self.push_with(|_| ev);
+    }
+
+    /// `push` of an event made under the lock (with a spare buffer at hand).
+    fn push_with(&self, make: impl FnOnce(&mut Vec<Vec<u8>>) -> QueuedEvent) {
         let mut st = self.lock();
+        let ev = make(&mut st.spare);
         st.events.push_back(ev);
         if st.events.len() >= self.capacity {
             self.paused.store(true, Ordering::Release);
         }
         self.unannounced.store(true, Ordering::Relaxed);
+    }
+
+    /// Drop polled events (`events` is left empty), keeping their message buffers for the
+    /// next messages: no allocation per message once warm. Any thread; a CLOSE event's host
+    /// data is released here, on the caller's thread.
+    pub fn recycle(&self, events: &mut Vec<QueuedEvent>) {
+        let mut buffers = Vec::new();
+        for ev in events.drain(..) {
+            if let QueuedEvent::Message { mut data, .. } = ev {
+                if data.capacity() <= SPARE_CAPACITY {
+                    data.clear();
+                    buffers.push(data);
+                }
+            }
+        }
+        if buffers.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let room = SPARE_COUNT.saturating_sub(st.spare.len());
+        buffers.truncate(room);
+        st.spare.append(&mut buffers);
     }
 
     /// Every worker has stopped: wake the pollers, and answer every later poll at once.
@@ -322,10 +357,15 @@ impl Handler for QueueHandler {
     }
 
     fn on_message(&self, conn: &mut Conn<'_>, msg: Message<'_>) {
-        self.0.push(QueuedEvent::Message {
-            id: conn.id(),
-            text: msg.is_text(),
-            data: msg.as_bytes().to_vec(),
+        let (id, text, bytes) = (conn.id(), msg.is_text(), msg.as_bytes());
+        if bytes.len() > SPARE_CAPACITY {
+            let data = bytes.to_vec();
+            return self.0.push(QueuedEvent::Message { id, text, data });
+        }
+        self.0.push_with(|spare| {
+            let mut data = spare.pop().unwrap_or_default();
+            data.extend_from_slice(bytes);
+            QueuedEvent::Message { id, text, data }
         });
     }
 

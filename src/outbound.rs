@@ -67,6 +67,25 @@ impl OutQueue {
         self.chunks.push_back(chunk);
     }
 
+    /// Queue a frame given as header and payload: appended to a small owned tail when it
+    /// fits (no allocation per message), else one new chunk.
+    pub fn push_frame(&mut self, header: &[u8], payload: &[u8]) {
+        let n = header.len() + payload.len();
+        if let Some(Chunk::Owned(tail)) = self.chunks.back_mut() {
+            if payload.len() <= 512 && tail.len() + n <= 16 * 1024 {
+                tail.extend_from_slice(header);
+                tail.extend_from_slice(payload);
+                self.len += n;
+                return;
+            }
+        }
+        let mut v = Vec::with_capacity(n);
+        v.extend_from_slice(header);
+        v.extend_from_slice(payload);
+        self.len += n;
+        self.chunks.push_back(Chunk::Owned(v));
+    }
+
     pub fn push_copy(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -192,6 +211,32 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(w.out, b"hello shared-frame world");
         assert_eq!(q.chunks.capacity(), 0);
+    }
+
+    #[test]
+    fn small_frames_share_one_buffer_and_large_ones_get_their_own() {
+        let mut q = OutQueue::default();
+        q.push_frame(b"h1", b"small");
+        q.push_frame(b"h2", b"again");
+        assert_eq!(q.chunks.len(), 1, "appended to the tail");
+        let big = vec![7u8; 600];
+        q.push_frame(b"h3", &big);
+        q.push_frame(b"h4", b"after");
+        assert_eq!(
+            q.chunks.len(),
+            2,
+            "a large payload starts a chunk; small ones follow it"
+        );
+        let mut w = Trickle {
+            out: vec![],
+            cap: usize::MAX,
+            budget: usize::MAX,
+        };
+        q.flush(&mut w).unwrap();
+        let mut want = b"h1smallh2againh3".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"h4after");
+        assert_eq!(w.out, want);
     }
 
     #[test]

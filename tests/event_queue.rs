@@ -73,6 +73,12 @@ fn poll_echo_and_event_fd_semantics() {
         _ => panic!("expected message"),
     }
     assert_eq!(read_frame(&mut s), (true, 1, b"via the queue".to_vec()));
+    // Recycled buffers carry nothing of their last message into the next.
+    q.recycle(&mut batch);
+    assert!(batch.is_empty());
+    s.write_all(&frame(true, 2, b"ab", true)).unwrap();
+    assert_eq!(q.poll(&mut batch, 10, Some(WAIT)), 1);
+    assert!(matches!(&batch[0], QueuedEvent::Message { data, .. } if data == b"ab"));
     batch.clear();
     assert_eq!(
         q.poll(&mut batch, 10, Some(Duration::ZERO)),

@@ -745,6 +745,7 @@ pub unsafe extern "C" fn wsrt_poll(
                 "wsrt_poll needs an event-queue server (callbacks == NULL)",
             );
         };
+        q.recycle(&mut b.raw);
         b.clear();
         let timeout = if timeout_ms < 0 {
             None
