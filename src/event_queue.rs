@@ -108,11 +108,14 @@ struct State {
     driving: bool,
     /// Message buffers given back by pollers (`recycle`), reused for the next messages.
     spare: Vec<Vec<u8>>,
+    /// Their capacity in all.
+    spare_bytes: usize,
 }
 
-/// Buffers up to this capacity are recycled, at most `SPARE_COUNT` of them (≤ 1 MiB).
-const SPARE_CAPACITY: usize = 1024;
-const SPARE_COUNT: usize = 1024;
+/// Buffers up to this capacity are recycled, as long as the spares hold at most
+/// `SPARE_BYTES` in all.
+const SPARE_CAPACITY: usize = 64 * 1024;
+const SPARE_BYTES: usize = 2 * 1024 * 1024;
 
 pub struct EventQueue {
     state: Mutex<State>,
@@ -141,6 +144,7 @@ impl EventQueue {
                 stopped: false,
                 driving: false,
                 spare: Vec::new(),
+                spare_bytes: 0,
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -273,13 +277,19 @@ impl EventQueue {
     /// Queue an event; pollers learn of it at the end of the worker's turn (`announce`), so
     /// a turn that reads many messages wakes the host once.
     fn push(&self, ev: QueuedEvent) {
-        self.push_with(|_| ev);
+        self.push_with(|_| None, |_| ev);
     }
 
-    /// `push` of an event made under the lock (with a spare buffer at hand).
-    fn push_with(&self, make: impl FnOnce(&mut Vec<Vec<u8>>) -> QueuedEvent) {
+    /// `push` of an event made under the lock, with a spare buffer if `take` finds one.
+    fn push_with(
+        &self,
+        take: impl FnOnce(&mut Vec<Vec<u8>>) -> Option<Vec<u8>>,
+        make: impl FnOnce(Vec<u8>) -> QueuedEvent,
+    ) {
         let mut st = self.lock();
-        let ev = make(&mut st.spare);
+        let buf = take(&mut st.spare).unwrap_or_default();
+        st.spare_bytes -= buf.capacity();
+        let ev = make(buf);
         st.events.push_back(ev);
         if st.events.len() >= self.capacity {
             self.paused.store(true, Ordering::Release);
@@ -304,9 +314,13 @@ impl EventQueue {
             return;
         }
         let mut st = self.lock();
-        let room = SPARE_COUNT.saturating_sub(st.spare.len());
-        buffers.truncate(room);
-        st.spare.append(&mut buffers);
+        for b in buffers {
+            if st.spare_bytes + b.capacity() > SPARE_BYTES {
+                break;
+            }
+            st.spare_bytes += b.capacity();
+            st.spare.push(b);
+        }
     }
 
     /// Every worker has stopped: wake the pollers, and answer every later poll at once.
@@ -362,8 +376,15 @@ impl Handler for QueueHandler {
             let data = bytes.to_vec();
             return self.0.push(QueuedEvent::Message { id, text, data });
         }
-        self.0.push_with(|spare| {
-            let mut data = spare.pop().unwrap_or_default();
+        // The last spare, if it is large enough (spares are similar: one workload's sizes).
+        let take = |spare: &mut Vec<Vec<u8>>| {
+            spare
+                .last()
+                .is_some_and(|b| b.capacity() >= bytes.len())
+                .then(|| spare.pop())
+                .flatten()
+        };
+        self.0.push_with(take, |mut data| {
             data.extend_from_slice(bytes);
             QueuedEvent::Message { id, text, data }
         });

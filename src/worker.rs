@@ -67,10 +67,8 @@ pub(crate) struct Worker {
     events: Events,
     /// Of `events`, the first not handled yet (0: all were; poll again).
     next_event: usize,
-    /// Ready sockets handled per turn. Inline, a turn hands its events to the host, whose
-    /// replies go out before the next turn: a few sockets at a time keeps replies flowing
-    /// while the rest are read (as a callback worker writes after each read).
-    events_per_turn: usize,
+    /// Run by polling threads (`InlineWorker`), not a thread of its own.
+    inline: bool,
 }
 
 impl Worker {
@@ -112,7 +110,7 @@ impl Worker {
             cork_watch: CorkWatch::default(),
             events: Events::with_capacity(1024),
             next_event: 0,
-            events_per_turn: usize::MAX,
+            inline: false,
         }
     }
 
@@ -129,7 +127,8 @@ impl Worker {
     /// One loop iteration: wait (at most `limit`, if given) for sockets, commands or timers,
     /// then handle what came. Whether the worker should stop (then call `finish`).
     pub fn turn(&mut self, limit: Option<Duration>) -> bool {
-        // Replies sent directly by an inline poller (`apply`) go out before we wait.
+        // Replies sent directly by an inline poller go out before we wait.
+        self.end_reply_cork();
         self.flush_dirty();
         if self.next_event == 0 {
             let mut timeout = self.poll_timeout();
@@ -146,7 +145,15 @@ impl Worker {
         self.ctx.now = Instant::now();
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         let mut rest = events.iter().skip(self.next_event);
-        for ev in rest.by_ref().take(self.events_per_turn) {
+        // Inline, a turn hands its events to the host, whose replies go out before the next
+        // turn: a few sockets at a time keep replies flowing while the rest are read (as a
+        // callback worker writes after each read).
+        let per_turn = if self.inline {
+            INLINE_EVENTS_PER_TURN
+        } else {
+            usize::MAX
+        };
+        for ev in rest.by_ref().take(per_turn) {
             self.next_event += 1;
             match ev.token() {
                 WAKER => {}
@@ -178,6 +185,7 @@ impl Worker {
 
     /// Stopped: drop whatever is left (the shutdown deadline passed or poll failed).
     pub fn finish(&mut self) {
+        self.end_reply_cork();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.remove(k);
@@ -198,6 +206,7 @@ impl Worker {
     /// order). What it writes goes out at the start of the next turn.
     pub fn apply(&mut self, cmd: Cmd) {
         self.ctx.now = Instant::now();
+        self.end_reply_cork();
         self.drain_inbox();
         self.command(cmd);
     }
@@ -205,19 +214,35 @@ impl Worker {
     /// Inline mode: write what direct sends queued (see `apply`).
     pub fn flush_replies(&mut self) {
         self.ctx.now = Instant::now();
+        self.end_reply_cork();
         self.flush_dirty();
     }
 
-    /// Inline mode: a message sent directly to a connection's queue (see `apply`).
+    /// Write the connection an inline host was replying to (see `send_message`).
+    fn end_reply_cork(&mut self) {
+        if let Some(k) = self.ctx.cork_slot {
+            self.flush_slot(k);
+        }
+    }
+
+    /// Inline mode: a message sent directly (see `apply`), corked like a callback's
+    /// replies: the replies to one connection collect in the worker's cork buffer and are
+    /// written in one go when the host sends to another connection or polls again (as
+    /// uWebSockets' cork): no allocation, one write per run of replies, and early.
     /// The clock is the last turn's (a clock read per message would cost more than the send).
     pub fn send_message(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) -> SendStatus {
         if !self.rx.is_empty() {
+            self.end_reply_cork();
             self.drain_inbox();
         }
         let k = id.slot();
+        if self.ctx.cork_slot != Some(k) {
+            self.end_reply_cork();
+        }
         let Some(slot) = self.conns.get_mut(k).filter(|s| s.state.core().id == id) else {
             return SendStatus::Gone;
         };
+        self.ctx.cork_slot = Some(k);
         let status = slot
             .state
             .core_mut()
@@ -231,6 +256,10 @@ impl Worker {
 
     /// Keep corked sends from being stranded by a host that stopped polling (see `cork`).
     fn watch_cork(&mut self, announced: bool) {
+        if self.inline {
+            // Inline pollers are never corked: their sends go straight to this worker.
+            return;
+        }
         let cork = &self.ctx.shared.cork;
         let requested = &self.ctx.shared.workers[self.index].watch_requested;
         if announced
@@ -771,7 +800,7 @@ pub(crate) struct InlineWorker(Mutex<Option<Worker>>);
 
 impl InlineWorker {
     pub fn install(&self, mut worker: Worker) {
-        worker.events_per_turn = INLINE_EVENTS_PER_TURN;
+        worker.inline = true;
         *self.lock() = Some(worker);
     }
 

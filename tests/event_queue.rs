@@ -411,3 +411,58 @@ fn an_inline_server_has_one_worker() {
         .expect("refused");
     assert!(err.to_string().contains("workers"), "{err}");
 }
+
+#[test]
+fn inline_replies_that_alternate_between_connections_keep_each_ones_order() {
+    let (server, q) = start_inline(&[]);
+    let h = server.handle();
+    let addr = server.local_addr();
+    // Connecting needs the loop: poll while the clients wait for their 101.
+    let connecting: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || raw_ws(addr, "/")))
+        .collect();
+    let mut batch = Vec::new();
+    let mut opened = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while opened.len() < 2 || !connecting.iter().all(|t| t.is_finished()) {
+        assert!(std::time::Instant::now() < deadline, "clients never opened");
+        batch.clear();
+        q.poll(&mut batch, 16, Some(Duration::from_millis(10)));
+        opened.extend(batch.iter().filter_map(|ev| match ev {
+            QueuedEvent::Open(open) => Some(open.id),
+            _ => None,
+        }));
+    }
+    let mut clients: Vec<_> = connecting.into_iter().map(|t| t.join().unwrap()).collect();
+    // Which client is which: ask the first one to identify itself.
+    clients[0].write_all(&frame(true, 1, b"me", true)).unwrap();
+    let a = poll_for(&q, 1, |ev| match ev {
+        QueuedEvent::Message { id, .. } => Some(*id),
+        _ => None,
+    })[0];
+    let b = if opened[0] == a { opened[1] } else { opened[0] };
+    let big: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+    // A, B, A, B (large), A: each switch writes the previous connection's run.
+    h.send_text(a, "a1");
+    h.send_text(b, "b1");
+    h.send_text(a, "a2");
+    h.send_binary(b, &big);
+    h.send_text(a, "a3");
+    let readers: Vec<_> = clients
+        .drain(..)
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let first = read_frame(&mut s);
+                let second = read_frame(&mut s);
+                (first.2, second.2)
+            })
+        })
+        .collect();
+    // The last run goes out when the next poll begins.
+    while !readers.iter().all(|r| r.is_finished()) {
+        q.poll(&mut batch, 16, Some(Duration::from_millis(10)));
+    }
+    let got: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(got[0], (b"a1".to_vec(), b"a2".to_vec()));
+    assert_eq!(got[1], (b"b1".to_vec(), big));
+}
