@@ -226,14 +226,12 @@ impl EventQueue {
                 }
                 st.driving = true;
                 drop(st);
-                let running = h.drive(left);
+                let running = {
+                    let _driving = Driving(self);
+                    h.drive(left)
+                };
                 drove = true;
                 st = self.lock();
-                st.driving = false;
-                if st.waiting > 0 {
-                    // One of them may take over the loop.
-                    self.ready.notify_all();
-                }
                 if !running && st.events.is_empty() {
                     return 0;
                 }
@@ -351,6 +349,21 @@ impl EventQueue {
             _ => self.ready.notify_all(),
         }
         true
+    }
+}
+
+/// Inline mode: the mark of the poller running the loop, taken off when it returns (or
+/// unwinds), so the pollers waiting for it never wait forever.
+struct Driving<'a>(&'a EventQueue);
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.driving = false;
+        if st.waiting > 0 {
+            // One of them may take over the loop.
+            self.0.ready.notify_all();
+        }
     }
 }
 
