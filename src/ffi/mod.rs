@@ -717,7 +717,9 @@ pub unsafe extern "C" fn wsrt_batch_free(batch: *mut wsrt_batch) {
 /// Messages this thread sends (`wsrt_send`) after a poll returned events are corked: written
 /// together when the next `wsrt_poll` begins (one wake-up per batch, not per message), or a
 /// few milliseconds later if no poll comes. Every other call, and sends from other threads,
-/// take effect at once; one thread's calls keep their order.
+/// take effect at once; one thread's calls keep their order. With `WSRT_FLAG_POLL_INLINE`
+/// the poll runs the server's loop itself (see the flag): replies to one connection go out
+/// together when this thread sends to another connection or polls again.
 ///
 /// # Safety
 /// `server` comes from `wsrt_server_start`; `batch` from `wsrt_batch_new`, used by one
