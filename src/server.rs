@@ -735,7 +735,14 @@ impl ServerHandle {
 
     /// Bytes accepted for the connection but not yet written to its socket.
     pub fn buffered_amount(&self, id: ConnId) -> Option<usize> {
-        self.lookup(id).map(|c| c.queued.load(Ordering::Relaxed))
+        let queued = self.lookup(id)?.queued.load(Ordering::Relaxed);
+        // Inline: replies still in the worker's cork count too (see `Worker::send_message`).
+        let corked = self
+            .worker(id)
+            .and_then(|w| w.inline.as_ref())
+            .and_then(|i| i.try_with(|w| w.corked_len(id)))
+            .unwrap_or(0);
+        Some(queued + corked)
     }
 
     pub fn subscribe(&self, id: ConnId, topic: &str) -> bool {

@@ -218,6 +218,20 @@ impl Worker {
         self.flush_dirty();
     }
 
+    /// Bytes of `id`'s replies waiting in the cork (inline; see `send_message`).
+    pub fn corked_len(&self, id: ConnId) -> usize {
+        let corked = self.ctx.cork_slot == Some(id.slot())
+            && self
+                .conns
+                .get(id.slot())
+                .is_some_and(|s| s.state.core().id == id);
+        if corked {
+            self.ctx.cork.len()
+        } else {
+            0
+        }
+    }
+
     /// Write the connection an inline host was replying to (see `send_message`).
     fn end_reply_cork(&mut self) {
         if let Some(k) = self.ctx.cork_slot {

@@ -448,6 +448,8 @@ fn inline_replies_that_alternate_between_connections_keep_each_ones_order() {
     h.send_text(a, "a2");
     h.send_binary(b, &big);
     h.send_text(a, "a3");
+    // "a3" waits in the cork (2-byte header + 2 bytes), and the handle says so.
+    assert_eq!(h.buffered_amount(a), Some(4));
     let readers: Vec<_> = clients
         .drain(..)
         .map(|mut s| {
