@@ -30,6 +30,11 @@ pub(crate) struct OutQueue {
     len: usize,
 }
 
+/// Frames up to this size are appended to an owned tail instead of taking a chunk of their
+/// own, as long as the tail stays within `TAIL_MAX`.
+const SMALL_FRAME: usize = 512;
+const TAIL_MAX: usize = 16 * 1024;
+
 /// Most chunks handed to one `writev` (Linux IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
 
@@ -38,17 +43,27 @@ impl OutQueue {
         self.len == 0
     }
 
+    /// The last chunk, if it is an owned buffer with room for `n` more bytes.
+    fn owned_tail(&mut self, n: usize) -> Option<&mut Vec<u8>> {
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(tail)) if tail.len() + n <= TAIL_MAX => Some(tail),
+            _ => None,
+        }
+    }
+
     pub fn push(&mut self, chunk: Chunk) {
         let n = chunk.bytes().len();
         if n == 0 {
             return;
         }
         // Small frames after a small owned tail are merged: fewer iovecs, fewer allocations.
-        if let (Chunk::Owned(new), Some(Chunk::Owned(tail))) = (&chunk, self.chunks.back_mut()) {
-            if new.len() <= 512 && tail.len() + new.len() <= 16 * 1024 {
-                tail.extend_from_slice(new);
-                self.len += n;
-                return;
+        if let Chunk::Owned(new) = &chunk {
+            if new.len() <= SMALL_FRAME {
+                if let Some(tail) = self.owned_tail(n) {
+                    tail.extend_from_slice(new);
+                    self.len += n;
+                    return;
+                }
             }
         }
         self.len += n;
@@ -71,8 +86,8 @@ impl OutQueue {
     /// fits (no allocation per message), else one new chunk.
     pub fn push_frame(&mut self, header: &[u8], payload: &[u8]) {
         let n = header.len() + payload.len();
-        if let Some(Chunk::Owned(tail)) = self.chunks.back_mut() {
-            if payload.len() <= 512 && tail.len() + n <= 16 * 1024 {
+        if payload.len() <= SMALL_FRAME {
+            if let Some(tail) = self.owned_tail(n) {
                 tail.extend_from_slice(header);
                 tail.extend_from_slice(payload);
                 self.len += n;
@@ -90,12 +105,10 @@ impl OutQueue {
         if bytes.is_empty() {
             return;
         }
-        if let Some(Chunk::Owned(tail)) = self.chunks.back_mut() {
-            if tail.len() + bytes.len() <= 16 * 1024 {
-                tail.extend_from_slice(bytes);
-                self.len += bytes.len();
-                return;
-            }
+        if let Some(tail) = self.owned_tail(bytes.len()) {
+            tail.extend_from_slice(bytes);
+            self.len += bytes.len();
+            return;
         }
         self.push(Chunk::Owned(bytes.to_vec()));
     }

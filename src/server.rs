@@ -218,19 +218,12 @@ impl WorkerRef {
         // Corked messages already sent go first (one thread's commands keep their order).
         self.move_batch();
         // Inline mode, and no thread is running the loop: apply it now.
-        let mut cmd = Some(cmd);
-        if let Some(inline) = &self.inline {
-            let applied = inline.try_with(|worker| {
-                if let Some(cmd) = cmd.take() {
-                    worker.apply(cmd);
-                }
-            });
-            if applied.is_some() {
-                return true;
-            }
-        }
-        let Some(cmd) = cmd else {
-            return true;
+        let cmd = match &self.inline {
+            Some(inline) => match inline.try_apply(cmd) {
+                Ok(()) => return true,
+                Err(cmd) => cmd,
+            },
+            None => cmd,
         };
         if self.tx.send(cmd).is_err() {
             return false;

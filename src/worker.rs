@@ -837,14 +837,29 @@ impl InlineWorker {
         true
     }
 
+    /// The worker, unless a thread is running it.
+    fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, Option<Worker>>> {
+        match self.0.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Run `f` on the worker now if no thread is running it. None if one is (the caller
     /// then queues a command for it) or it has stopped.
     pub fn try_with<R>(&self, f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
-        let mut guard = match self.0.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        guard.as_mut().map(f)
+        self.try_lock()?.as_mut().map(f)
+    }
+
+    /// `try_with` for a command: applied now, or handed back to be queued.
+    pub fn try_apply(&self, cmd: Cmd) -> Result<(), Cmd> {
+        match self.try_lock().as_mut().and_then(|g| g.as_mut()) {
+            Some(worker) => {
+                worker.apply(cmd);
+                Ok(())
+            }
+            None => Err(cmd),
+        }
     }
 }

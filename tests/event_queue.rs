@@ -285,6 +285,13 @@ fn inline_host(
     })
 }
 
+/// "close me" to an `inline_host`: its reply, then its close.
+fn ask_inline_host_to_close(s: &mut std::net::TcpStream) {
+    s.write_all(&frame(true, 1, b"close me", true)).unwrap();
+    assert_eq!(read_frame(s), (true, 1, b"bye".to_vec()));
+    assert_eq!(read_until_close(s), Some(1000));
+}
+
 #[test]
 fn an_inline_server_runs_on_the_polling_thread_and_answers_in_order() {
     let before = threads_named("wsrt-worker");
@@ -307,9 +314,7 @@ fn an_inline_server_runs_on_the_polling_thread_and_answers_in_order() {
                     let (_, op, payload) = read_frame(&mut s);
                     assert_eq!((op, payload), (1, format!("{c}:{i}").into_bytes()));
                 }
-                s.write_all(&frame(true, 1, b"close me", true)).unwrap();
-                assert_eq!(read_frame(&mut s), (true, 1, b"bye".to_vec()));
-                assert_eq!(read_until_close(&mut s), Some(1000));
+                ask_inline_host_to_close(&mut s);
             })
         })
         .collect();
@@ -389,9 +394,7 @@ fn two_threads_can_poll_an_inline_server() {
                     s.write_all(&frame(true, 1, text.as_bytes(), true)).unwrap();
                     assert_eq!(read_frame(&mut s), (true, 1, text.into_bytes()));
                 }
-                s.write_all(&frame(true, 1, b"close me", true)).unwrap();
-                assert_eq!(read_frame(&mut s), (true, 1, b"bye".to_vec()));
-                assert_eq!(read_until_close(&mut s), Some(1000));
+                ask_inline_host_to_close(&mut s);
             })
         })
         .collect();
