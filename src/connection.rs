@@ -322,9 +322,19 @@ impl ConnState {
         }
     }
 
-    /// The peer closed its side (read returned 0).
-    pub fn on_eof(&mut self) {
-        self.core.finish = Finish::Now;
+    /// The peer closed its side (read returned 0). Nothing more can arrive, but what was
+    /// already accepted for it (an echo, a 101, a refusal) is still written, within
+    /// close_timeout, before the connection closes; nothing new is queued meanwhile.
+    pub fn on_eof(&mut self, ctx: &Ctx) {
+        let core = &mut self.core;
+        if core.out.is_empty() {
+            core.finish = Finish::Now;
+            return;
+        }
+        core.close_sent = true;
+        core.shared.open.store(false, Ordering::Release);
+        core.deadline = Some(ctx.now + ctx.shared.opts.close_timeout);
+        core.finish = Finish::WhenFlushed;
     }
 
     /// The host's deferred decision arrived.

@@ -284,7 +284,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         name: "close_timeout",
         kind: "duration",
         default: "5s",
-        doc: "How long to wait for the client's close frame after sending ours before dropping the TCP connection.",
+        doc: "How long to wait for the client's close frame after sending ours, or for a client that half-closed to take what is still queued for it, before dropping the TCP connection.",
         set: |o, v| {
             o.close_timeout = parse_duration(v, Duration::from_millis(1), None)?;
             Ok(())

@@ -458,7 +458,7 @@ impl Worker {
             }
             match slot.stream.read(&mut self.rbuf) {
                 Ok(0) => {
-                    slot.state.on_eof();
+                    slot.state.on_eof(&self.ctx);
                     exhausted = false;
                     break;
                 }

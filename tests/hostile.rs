@@ -1043,25 +1043,44 @@ fn half_close_after_a_close_frame_finishes_cleanly() {
 }
 
 /// The client sends a message, then shuts down its writing side without a close frame. The
-/// echo the server accepted for it is still delivered before the server closes.
+/// echo the server accepted for it is still delivered before the server closes, even when
+/// the client reads nothing until it has half-closed (so the EOF reaches the server while
+/// most of a large echo is still queued), and whether or not it reads meanwhile.
 #[test]
 fn half_close_after_a_message_still_delivers_the_reply() {
     let _serial = serial();
     let srv = TestServer::start(&[]);
-    for size in [10usize, 200 * 1024, 4 * 1024 * 1024] {
-        let mut s = raw_ws(srv.addr, "/");
+    for (size, read_meanwhile) in [
+        (10usize, false),
+        (200 * 1024, false),
+        (4 * 1024 * 1024, false),
+        (4 * 1024 * 1024, true),
+    ] {
+        // A small receive window keeps most of a large echo in the server's queue.
+        let mut s = if read_meanwhile {
+            raw_ws(srv.addr, "/")
+        } else {
+            small_rcvbuf_ws(srv.addr)
+        };
         let id = srv.wait_open();
         let msg = vec![b'h'; size];
-        let writer = {
-            let mut s = s.try_clone().unwrap();
-            let f = frame(true, 2, &msg, true);
-            thread::spawn(move || {
-                s.write_all(&f).unwrap();
-                s.shutdown(Shutdown::Write).unwrap();
-            })
+        let f = frame(true, 2, &msg, true);
+        let write_and_half_close = move |mut s: TcpStream| {
+            s.write_all(&f).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
         };
-        let frames = parse_frames(&drain_to_eof(&mut s));
-        writer.join().unwrap();
+        let frames = if read_meanwhile {
+            let writer = {
+                let s = s.try_clone().unwrap();
+                thread::spawn(move || write_and_half_close(s))
+            };
+            let got = parse_frames(&drain_to_eof(&mut s));
+            writer.join().unwrap();
+            got
+        } else {
+            write_and_half_close(s.try_clone().unwrap());
+            parse_frames(&drain_to_eof(&mut s))
+        };
         assert!(!frames.is_empty(), "size {size}: nothing came back");
         assert_eq!(frames[0], (true, 2, msg), "size {size}: echo first");
         assert!(
@@ -1071,6 +1090,24 @@ fn half_close_after_a_message_still_delivers_the_reply() {
         let (closed, info) = srv.wait_close();
         assert_eq!((closed, info.clean), (id, false));
     }
+    still_serves(srv.addr);
+}
+
+/// A client that half-closes while a large echo is queued and then never reads: the server
+/// keeps the echo only for close_timeout, then drops the connection (it must not wait forever).
+#[test]
+fn half_closed_client_that_never_reads_is_dropped_at_close_timeout() {
+    let _serial = serial();
+    let srv = TestServer::start(&[("close_timeout", "300ms")]);
+    let mut s = small_rcvbuf_ws(srv.addr);
+    let id = srv.wait_open();
+    s.write_all(&frame(true, 2, &vec![b'h'; 4 * 1024 * 1024], true))
+        .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    srv.wait_for(|e| matches!(e, Ev::Binary(..)));
+    let (closed, info) = srv.wait_close();
+    assert_eq!((closed, info.code, info.clean), (id, 1006, false));
+    drop(s);
     still_serves(srv.addr);
 }
 
