@@ -797,11 +797,7 @@ impl Core {
 
     fn on_event(&mut self, ev: Event<'_>, ctx: &mut Ctx) {
         match ev {
-            Event::Message {
-                text,
-                compressed: true,
-                data,
-            } => {
+            Event::Deflated { text, data } => {
                 if self.close_sent {
                     return;
                 }
@@ -824,14 +820,13 @@ impl Core {
                         .inflate(data, limit, &mut out, false)
                 };
                 match res {
-                    Ok(()) => self.on_event(
-                        Event::Message {
-                            text,
-                            compressed: false,
-                            data: &out,
-                        },
-                        ctx,
-                    ),
+                    Ok(()) if !text => self.on_event(Event::Message(Message::Binary(&out)), ctx),
+                    Ok(()) => match std::str::from_utf8(&out) {
+                        Ok(s) => self.on_event(Event::Message(Message::Text(s)), ctx),
+                        Err(_) => {
+                            self.fail(protocol_error(1007, "invalid UTF-8 in text message"), ctx)
+                        }
+                    },
                     Err(InflateError::TooBig) => self.fail(
                         protocol_error(1009, "message too big (after inflating)"),
                         ctx,
@@ -845,22 +840,11 @@ impl Core {
                     ctx.zip.inflated = out;
                 }
             }
-            Event::Message { text, data, .. } => {
+            Event::Message(msg) => {
                 if self.close_sent {
                     return;
                 }
                 ctx.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                let msg = if text {
-                    match std::str::from_utf8(data) {
-                        Ok(s) => Message::Text(s),
-                        Err(_) => {
-                            self.fail(protocol_error(1007, "invalid UTF-8 in text message"), ctx);
-                            return;
-                        }
-                    }
-                } else {
-                    Message::Binary(data)
-                };
                 let handler = ctx.handler.clone();
                 handler.on_message(&mut Conn { core: self, ctx }, msg);
             }

@@ -1,6 +1,7 @@
 //! Server-side decoder: client frames -> complete messages and control events (sans-I/O).
 
 use crate::frame::{apply_mask, is_valid_close_code, OpCode, MAX_HEADER_LEN};
+use crate::handler::Message;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -11,13 +12,12 @@ pub struct Limits {
 
 #[derive(Debug, PartialEq)]
 pub enum Event<'a> {
-    /// A complete data message. Text is guaranteed valid UTF-8 unless `compressed`
-    /// (the payload is then still deflated; the inflating layer must validate it).
-    /// `compressed` = RSV1 was set on its first frame (only possible when allow_rsv1;
-    /// the decoder does NOT inflate).
-    Message {
+    /// A complete data message, its text validated (once: handlers get this very `&str`).
+    Message(Message<'a>),
+    /// A complete data message whose first frame had RSV1 set (only when allow_rsv1): still
+    /// deflated, so its text is not validated yet; the inflating layer does that.
+    Deflated {
         text: bool,
-        compressed: bool,
         data: &'a [u8],
     },
     Ping(&'a [u8]),
@@ -140,6 +140,7 @@ impl Utf8Validator {
     }
 
     /// True when the data seen so far does not end inside a sequence.
+    #[cfg(test)]
     fn is_complete(&self) -> bool {
         self.tail_len == 0
     }
@@ -420,15 +421,8 @@ impl Decoder {
             }
         } else if whole && self.fin && self.opcode != OpCode::Continuation {
             // Zero copy: a whole single-frame message, unmasked in place in `input`.
-            if validate && std::str::from_utf8(chunk).is_err() {
-                return Err(Violation::TextUtf8);
-            }
             self.in_message = false;
-            sink(Event::Message {
-                text: self.text,
-                compressed: self.compressed,
-                data: chunk,
-            });
+            sink(message_event(self.text, self.compressed, chunk)?);
         } else {
             // Validate before buffering so invalid text fails before the frame completes.
             if validate && !self.utf8.feed(chunk) {
@@ -437,15 +431,9 @@ impl Decoder {
             reserve_for(&mut self.msg_buf, n, self.remaining);
             self.msg_buf.extend_from_slice(chunk);
             if done && self.fin {
-                if validate && !self.utf8.is_complete() {
-                    return Err(Violation::TextUtf8);
-                }
+                // (The incremental check above failed fast; this one yields the `&str`.)
                 self.in_message = false;
-                sink(Event::Message {
-                    text: self.text,
-                    compressed: self.compressed,
-                    data: &self.msg_buf,
-                });
+                sink(message_event(self.text, self.compressed, &self.msg_buf)?);
                 if self.msg_buf.capacity() > KEEP_CAPACITY {
                     self.msg_buf = Vec::new();
                 } else {
@@ -455,6 +443,17 @@ impl Decoder {
         }
         Ok(n)
     }
+}
+
+/// The event of a complete data message; text is validated here.
+fn message_event(text: bool, compressed: bool, data: &[u8]) -> Result<Event<'_>, Violation> {
+    Ok(match (compressed, text) {
+        (true, _) => Event::Deflated { text, data },
+        (false, false) => Event::Message(Message::Binary(data)),
+        (false, true) => Event::Message(Message::Text(
+            std::str::from_utf8(data).map_err(|_| Violation::TextUtf8)?,
+        )),
+    })
 }
 
 /// Header length from the second header byte, assuming the mask bit is set.
@@ -568,11 +567,8 @@ mod tests {
 
     fn own(e: Event<'_>) -> Ev {
         match e {
-            Event::Message {
-                text,
-                compressed,
-                data,
-            } => Ev::Msg(text, compressed, data.to_vec()),
+            Event::Message(m) => Ev::Msg(m.is_text(), false, m.as_bytes().to_vec()),
+            Event::Deflated { text, data } => Ev::Msg(text, true, data.to_vec()),
             Event::Ping(p) => Ev::Ping(p.to_vec()),
             Event::Pong(p) => Ev::Pong(p.to_vec()),
             Event::Close { code, reason } => Ev::Close(code, reason.to_string()),
@@ -723,7 +719,8 @@ mod tests {
         let mut d = Decoder::new(limits());
         let mut ptrs = Vec::new();
         d.feed(&mut f, |e| match e {
-            Event::Message { data, .. } | Event::Ping(data) => ptrs.push(data.as_ptr() as usize),
+            Event::Message(m) => ptrs.push(m.as_bytes().as_ptr() as usize),
+            Event::Ping(data) => ptrs.push(data.as_ptr() as usize),
             _ => unreachable!(),
         })
         .unwrap();
@@ -743,7 +740,7 @@ mod tests {
         let base = rest.as_ptr() as usize;
         let mut got = 0;
         d.feed(rest, |e| match e {
-            Event::Message { data, .. } => {
+            Event::Message(Message::Binary(data)) => {
                 assert_eq!(data, b"payload");
                 got = data.as_ptr() as usize;
             }
@@ -935,14 +932,7 @@ mod tests {
         assert!(d.buffer_capacity() >= 5000 - 14);
         let mut got = 0;
         d.feed(b, |e| {
-            assert_eq!(
-                e,
-                Event::Message {
-                    text: false,
-                    compressed: false,
-                    data: &big
-                }
-            );
+            assert_eq!(e, Event::Message(Message::Binary(&big)));
             got += 1;
         })
         .unwrap();

@@ -121,10 +121,11 @@ fn decode(wire: &[u8], splits: &[usize], limits: Limits) -> Vec<Got> {
         at = end;
         let result = decoder.feed(&mut piece, |e| {
             got.push(match e {
-                Event::Message { text, data, .. } => Got::Message {
-                    text,
-                    data: data.to_vec(),
+                Event::Message(m) => Got::Message {
+                    text: m.is_text(),
+                    data: m.as_bytes().to_vec(),
                 },
+                Event::Deflated { .. } => unreachable!("allow_rsv1 is off"),
                 Event::Ping(p) => Got::Ping(p.to_vec()),
                 Event::Pong(p) => Got::Pong(p.to_vec()),
                 Event::Close { code, reason } => Got::Close(code, reason.to_string()),

@@ -61,29 +61,26 @@ fn reads(data: &[u8], lens: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// A data message (text is valid UTF-8 by its type, `&str`, unless still deflated).
+fn own_message(text: bool, compressed: bool, data: &[u8], limits: &Limits) -> Ev {
+    assert!(
+        data.len() <= limits.max_message_size,
+        "message of {} bytes over max_message_size {}",
+        data.len(),
+        limits.max_message_size
+    );
+    assert!(!compressed || limits.allow_rsv1);
+    Ev::Msg {
+        text,
+        compressed,
+        data: data.to_vec(),
+    }
+}
+
 fn own(e: Event<'_>, limits: &Limits) -> Ev {
     match e {
-        Event::Message {
-            text,
-            compressed,
-            data,
-        } => {
-            assert!(
-                data.len() <= limits.max_message_size,
-                "message of {} bytes over max_message_size {}",
-                data.len(),
-                limits.max_message_size
-            );
-            assert!(!compressed || limits.allow_rsv1);
-            if text && !compressed {
-                assert!(std::str::from_utf8(data).is_ok(), "invalid UTF-8 delivered");
-            }
-            Ev::Msg {
-                text,
-                compressed,
-                data: data.to_vec(),
-            }
-        }
+        Event::Message(m) => own_message(m.is_text(), false, m.as_bytes(), limits),
+        Event::Deflated { text, data } => own_message(text, true, data, limits),
         Event::Ping(p) | Event::Pong(p) if p.len() > 125 || p.len() > limits.max_frame_size => {
             panic!("control payload of {} bytes", p.len())
         }
