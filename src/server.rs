@@ -584,7 +584,8 @@ impl ServerHandle {
         }
     }
 
-    fn send_message(&self, id: ConnId, opcode: OpCode, payload: &[u8]) -> SendStatus {
+    /// `send` of a payload already checked (text is UTF-8), as the C ABI does.
+    pub(crate) fn send_message(&self, id: ConnId, opcode: OpCode, payload: &[u8]) -> SendStatus {
         let inline = self.worker(id).and_then(|w| w.inline.as_ref());
         if let Some(status) =
             inline.and_then(|i| i.try_with(|w| w.send_message(id, opcode, payload)))

@@ -366,6 +366,7 @@ static void stale_ids_and_invalid_data(void) {
   CHECK(wsrt_close(srv, id, 1000, "\xff") == WSRT_ERR_INVALID);
   CHECK(wsrt_subscribe(srv, id, "\xff") == WSRT_ERR_INVALID);
   CHECK(wsrt_send(srv, id, bad, 2, false) == WSRT_SENT); /* as binary it is fine */
+  CHECK(wsrt_send(srv, id, (const uint8_t *)"caf\xc3\xa9", 5, true) == WSRT_SENT); /* not ASCII, valid */
   /* No upgrade to decide on an open connection. */
   CHECK(wsrt_reject(srv, id, 200, NULL, NULL, 0) == WSRT_ERR_INVALID);
   CHECK(wsrt_accept(srv, id, NULL, NULL, 0) == WSRT_ERR_INVALID);
@@ -382,11 +383,12 @@ static void stale_ids_and_invalid_data(void) {
   static const uint8_t payload[] = "owned buffer";
   void *ctx = release_ctx();
   CHECK(wsrt_send_owned(srv, id, payload, sizeof payload - 1, true, release, ctx) == WSRT_SENT);
-  /* Expect: binary ff fe, text N, ping p, text "owned buffer". */
-  uint8_t frames[4 + 3 + 3 + 2 + sizeof payload - 1];
+  /* Expect: binary ff fe, text "café", text N, ping p, text "owned buffer". */
+  uint8_t frames[4 + 7 + 3 + 3 + 2 + sizeof payload - 1];
   CHECK(read_exact(fd, frames, sizeof frames) == 0);
-  CHECK(frames[0] == 0x82 && frames[4] == 0x81 && frames[7] == 0x89 && frames[10] == 0x81 &&
-        memcmp(frames + 12, payload, sizeof payload - 1) == 0);
+  CHECK(frames[0] == 0x82 && frames[4] == 0x81 && memcmp(frames + 6, "caf\xc3\xa9", 5) == 0 &&
+        frames[11] == 0x81 && frames[14] == 0x89 && frames[17] == 0x81 &&
+        memcmp(frames + 19, payload, sizeof payload - 1) == 0);
   CHECK(atomic_load((atomic_int *)first) == 1 && atomic_load((atomic_int *)second) == 0);
   close(fd);
   /* The CLOSE event carries the data; recycling the batch finalizes it, on this thread. */

@@ -19,6 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use crate::event_queue::{EventQueue, QueuedEvent, RequestInfo};
+use crate::frame::OpCode;
 use crate::{
     Accept, CloseInfo, Conn, ConnId, Decision, Handler, Message, Options, Reject, SendStatus,
     Server, ServerHandle, UpgradeRequest,
@@ -286,6 +287,16 @@ unsafe fn headers_arg(
             Ok((name.to_string(), value.to_string()))
         })
         .collect()
+}
+
+/// Host text must be UTF-8 (clients would close with 1007). The ASCII check runs first: for
+/// the short messages most hosts send it is several times cheaper than full validation.
+fn check_text(data: &[u8]) -> Result<(), c_int> {
+    if data.is_ascii() || std::str::from_utf8(data).is_ok() {
+        Ok(())
+    } else {
+        Err(fail(WSRT_ERR_INVALID, "text message is not valid UTF-8"))
+    }
 }
 
 fn message(data: &[u8], is_text: bool) -> Result<Message<'_>, c_int> {
@@ -1014,10 +1025,17 @@ pub unsafe extern "C" fn wsrt_send(
             (Ok(s), Ok(d)) => (s, d),
             (Err(rc), _) | (_, Err(rc)) => return rc,
         };
-        match message(data, is_text) {
-            Ok(m) => send_status(s.handle.send(ConnId::from_raw(conn), m)),
-            Err(rc) => rc,
+        if is_text {
+            if let Err(rc) = check_text(data) {
+                return rc;
+            }
         }
+        let op = if is_text {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        send_status(s.handle.send_message(ConnId::from_raw(conn), op, data))
     })
 }
 
@@ -1085,8 +1103,10 @@ pub unsafe extern "C" fn wsrt_send_owned(
         if len > 0 && data.is_null() {
             return fail(WSRT_ERR_NULL, "data is NULL but len is not 0");
         }
-        if is_text && std::str::from_utf8(buf.as_ref()).is_err() {
-            return fail(WSRT_ERR_INVALID, "text message is not valid UTF-8");
+        if is_text {
+            if let Err(rc) = check_text(buf.as_ref()) {
+                return rc;
+            }
         }
         send_status(
             s.handle
