@@ -12,7 +12,8 @@
 //!            per connection (/proc/PID/status).
 //! - `fanout` T subscribers and one publisher (connection 0); each round the publisher sends K
 //!            messages and the round ends when every subscriber has all of them; deliveries/s
-//!            and the time until the last subscriber has the message.
+//!            and the time until the last subscriber has the message. Measured rounds start
+//!            once one round has reached every subscriber (a raw server may accept late).
 //!
 //! Output: human lines on stderr, one `RESULT key=value ...` line on stdout.
 
@@ -645,9 +646,15 @@ fn run_fanout(a: &Args) -> io::Result<()> {
         }
     }
 
-    let start = Instant::now();
-    let warm_end = start + a.warmup;
-    let end = warm_end + a.duration;
+    // The measured window starts once a round has reached every subscriber. A raw server
+    // (no handshake) may accept a connection seconds after the client's connect completed
+    // (a full accept queue is retried by the kernel), and such a subscriber misses what was
+    // relayed before; until then, rounds are short and do not count.
+    const SETTLE_ROUND: Duration = Duration::from_secs(1);
+    let settle_deadline = Instant::now() + Duration::from_secs(30);
+    let mut settled = false;
+    let mut warm_end = settle_deadline + a.warmup;
+    let mut end = warm_end + a.duration;
     let mut rng = Rng(0xA076_1D64_78BD_642F);
     let mut seq: u64 = 0;
     let mut got = vec![0u32; t + 1];
@@ -676,6 +683,14 @@ fn run_fanout(a: &Args) -> io::Result<()> {
         let mut done = 0usize;
         let mut t_last = t0;
         while done < t {
+            if !settled && t0.elapsed() > SETTLE_ROUND {
+                if Instant::now() > settle_deadline {
+                    timeouts += 1;
+                    eprintln!("fanout: no round reached every subscriber within 30 s ({done} of {t})");
+                    end = Instant::now();
+                }
+                break;
+            }
             if t0.elapsed() > a.round_timeout {
                 timeouts += 1;
                 eprintln!("fanout: round timed out, {done} of {t} subscribers complete");
@@ -734,7 +749,12 @@ fn run_fanout(a: &Args) -> io::Result<()> {
             }
         }
         rounds += 1;
-        if t0 >= warm_end && done == t {
+        if !settled && done == t {
+            settled = true;
+            warm_end = Instant::now() + a.warmup;
+            end = warm_end + a.duration;
+        }
+        if settled && t0 >= warm_end && done == t {
             let d = t_last - t0;
             lat_last.push(d.as_nanos() as u64);
             deliveries += t as u64 * a.inflight as u64;

@@ -36,7 +36,11 @@ fn main() {
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        poll.poll(&mut events, None).unwrap();
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!("poll: {e}"),
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 while let Ok((mut s, _)) = l.accept() {
