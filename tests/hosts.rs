@@ -307,13 +307,18 @@ fn go_cgo_poll_echo_handles_and_hijack_adoption() {
             .env("GOCACHE", root().join("target/go-build-cache")),
         BUILD_LIMIT,
     );
-    let host = Host::spawn(&mut Command::new(&bin));
-    let direct = host.addr("listening on ");
-    let hijack = host.addr("http listening on ");
-    echo(direct, "/direct");
-    echo(hijack, "/hijacked");
-    early_frame(hijack, "/hijacked-early");
-    host.stop_expecting(3);
+    // With two worker threads, then inline (the loop runs inside the goroutine's wsrt_poll).
+    for args in [&[][..], &["-inline"][..]] {
+        let host = Host::spawn(Command::new(&bin).args(args));
+        let direct = host.addr("listening on ");
+        let hijack = host.addr("http listening on ");
+        let workers = threads_named(&host.child.id().to_string(), "wsrt-worker");
+        assert_eq!(workers, if args.is_empty() { 2 } else { 0 }, "{args:?}");
+        echo(direct, "/direct");
+        echo(hijack, "/hijacked");
+        early_frame(hijack, "/hijacked-early");
+        host.stop_expecting(3);
+    }
 }
 
 /// Node: an N-API addon (C, against /usr/include/node) watches wsrt_event_fd with a uv_poll_t

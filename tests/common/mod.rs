@@ -290,3 +290,12 @@ pub fn client(addr: SocketAddr, path: &str) -> Client {
 pub fn shared<T>(v: T) -> Arc<Mutex<T>> {
     Arc::new(Mutex::new(v))
 }
+
+/// How many threads of process `pid` ("self" or a number) have a name starting with `prefix`.
+pub fn threads_named(pid: &str, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}

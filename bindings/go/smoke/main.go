@@ -1,6 +1,8 @@
 // Go smoke test of the wsrt C ABI: a goroutine blocked in wsrt_poll echoes messages; each
 // connection carries a cgo.Handle released by wsrt's finalizer exactly once; a net/http
 // handler hijacks its connection and hands it to wsrt (the gorilla Upgrade shape).
+// `-inline`: WSRT_FLAG_POLL_INLINE, no wsrt thread at all: the server's one worker runs its
+// loop inside that goroutine's wsrt_poll (on whichever OS thread Go gives the cgo call).
 // Prints "listening on PORT" and "http listening on PORT"; on SIGTERM shuts wsrt down,
 // prints "stopped: opened N, closed N, finalized N" and exits 0.
 package main
@@ -104,15 +106,20 @@ func main() {
 	// wsrt_last_error() is per OS thread, and a goroutine may move between threads between
 	// two cgo calls: keep main on one thread so its error details are its own.
 	runtime.LockOSThread()
+	inline := len(os.Args) > 1 && os.Args[1] == "-inline"
+	workers, flags := "2", C.uint32_t(0)
+	if inline {
+		workers, flags = "1", C.WSRT_FLAG_POLL_INLINE // inline drives exactly one worker
+	}
 	cfg := C.wsrt_config_new()
-	for _, kv := range [][2]string{{"listen", "127.0.0.1:0"}, {"workers", "2"}} {
+	for _, kv := range [][2]string{{"listen", "127.0.0.1:0"}, {"workers", workers}} {
 		ck, cv := C.CString(kv[0]), C.CString(kv[1])
 		check(C.wsrt_config_set(cfg, ck, cv), kv[0])
 		C.free(unsafe.Pointer(ck))
 		C.free(unsafe.Pointer(cv))
 	}
 	var srv *C.wsrt_server
-	check(C.wsrt_server_start(cfg, nil, nil, 0, &srv), "start")
+	check(C.wsrt_server_start(cfg, nil, nil, flags, &srv), "start")
 	C.wsrt_config_free(cfg)
 	var port C.uint16_t
 	check(C.wsrt_server_port(srv, &port), "port")
