@@ -502,19 +502,26 @@ fn jvm_ffm_thread_blocked_in_poll() {
     let c_layout = run(&mut Command::new(tmp.0.join("layout")), WAIT).stdout;
     let c_layout = String::from_utf8(c_layout).unwrap();
 
-    let host = Host::spawn(
-        Command::new(jdk.join("bin/java"))
-            .arg("--enable-native-access=ALL-UNNAMED")
-            .arg(root().join("bindings/java/smoke/ffm/SmokeFfm.java"))
-            .arg(lib.join("libwsrt.so")),
-    );
-    assert_eq!(
-        host.line(Duration::from_secs(60)),
-        c_layout.trim_end(),
-        "SmokeFfm's MemoryLayout of wsrt_event vs the C compiler"
-    );
-    jvm_upgrades_and_echo(host.addr("listening on "), "ffm");
-    host.stop_expecting(2);
+    // With two worker threads, then inline (the loop runs in the poller thread's wsrt_poll).
+    for args in [&[][..], &["-inline"][..]] {
+        let host = Host::spawn(
+            Command::new(jdk.join("bin/java"))
+                .arg("--enable-native-access=ALL-UNNAMED")
+                .arg(root().join("bindings/java/smoke/ffm/SmokeFfm.java"))
+                .arg(lib.join("libwsrt.so"))
+                .args(args),
+        );
+        assert_eq!(
+            host.line(Duration::from_secs(60)),
+            c_layout.trim_end(),
+            "SmokeFfm's MemoryLayout of wsrt_event vs the C compiler"
+        );
+        let addr = host.addr("listening on ");
+        let workers = threads_named(&host.child.id().to_string(), "wsrt-worker");
+        assert_eq!(workers, if args.is_empty() { 2 } else { 0 }, "{args:?}");
+        jvm_upgrades_and_echo(addr, "ffm");
+        host.stop_expecting(2);
+    }
 }
 
 /// JVM on JDK 17: JNI (a C shim with libwsrt.a linked in, checked against the `javac -h`

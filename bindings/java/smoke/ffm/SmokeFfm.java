@@ -3,7 +3,8 @@
 // are seen before accepting; X-Token must be "secret", else 403) and echoes every message;
 // each connection carries a handle to a Java object, released by wsrt's finalizer (an
 // upcall) exactly once.
-// Run: java --enable-native-access=ALL-UNNAMED SmokeFfm.java /path/to/libwsrt.so
+// Run: java --enable-native-access=ALL-UNNAMED SmokeFfm.java /path/to/libwsrt.so [-inline]
+// (-inline: WSRT_FLAG_POLL_INLINE, no wsrt thread: the worker's loop runs in the poller's wsrt_poll)
 // Prints "layout: ..." (wsrt_event and wsrt_header as this program lays them out; the test
 // compares that with the C compiler's offsets), "listening on PORT"; on SIGTERM shuts wsrt down, prints
 // "stopped: opened N, closed N, finalized N" and exits 0.
@@ -22,7 +23,7 @@ import static java.lang.foreign.ValueLayout.*;
 
 public class SmokeFfm {
     static final int EVENT_UPGRADE = 1, EVENT_OPEN = 2, EVENT_MESSAGE = 3, EVENT_CLOSE = 6;
-    static final int FLAG_DECIDE_UPGRADES = 1;
+    static final int FLAG_DECIDE_UPGRADES = 1, FLAG_POLL_INLINE = 2;
     static final Linker LINKER = Linker.nativeLinker();
     static final ValueLayout SIZE_T = (ValueLayout) LINKER.canonicalLayouts().get("size_t");
     static final ValueLayout BOOL = (ValueLayout) LINKER.canonicalLayouts().get("bool");
@@ -106,9 +107,11 @@ public class SmokeFfm {
 
         MemorySegment cfg = (MemorySegment) configNew.invokeExact();
         check((int) configSet.invokeExact(cfg, arena.allocateFrom("listen"), arena.allocateFrom("127.0.0.1:0")), "listen");
-        check((int) configSet.invokeExact(cfg, arena.allocateFrom("workers"), arena.allocateFrom("2")), "workers");
+        boolean inline = args.length > 1 && args[1].equals("-inline"); // inline drives one worker
+        check((int) configSet.invokeExact(cfg, arena.allocateFrom("workers"), arena.allocateFrom(inline ? "1" : "2")), "workers");
         MemorySegment out = arena.allocate(ADDRESS);
-        int rc = (int) start.invokeExact(cfg, MemorySegment.NULL, MemorySegment.NULL, FLAG_DECIDE_UPGRADES, out);
+        int flags = FLAG_DECIDE_UPGRADES | (inline ? FLAG_POLL_INLINE : 0);
+        int rc = (int) start.invokeExact(cfg, MemorySegment.NULL, MemorySegment.NULL, flags, out);
         configFree.invokeExact(cfg);
         check(rc, "start");
         MemorySegment srv = out.get(ADDRESS, 0);
