@@ -331,9 +331,8 @@ impl ConnState {
             core.finish = Finish::Now;
             return;
         }
-        core.close_sent = true;
-        core.shared.open.store(false, Ordering::Release);
-        core.deadline = Some(ctx.now + ctx.shared.opts.close_timeout);
+        // Closing as after a close frame of ours: no more sends, close_timeout to drain.
+        core.mark_closing(ctx);
         core.finish = Finish::WhenFlushed;
     }
 
@@ -820,12 +819,9 @@ impl Core {
                         .inflate(data, limit, &mut out, false)
                 };
                 match res {
-                    Ok(()) if !text => self.on_event(Event::Message(Message::Binary(&out)), ctx),
-                    Ok(()) => match std::str::from_utf8(&out) {
-                        Ok(s) => self.on_event(Event::Message(Message::Text(s)), ctx),
-                        Err(_) => {
-                            self.fail(protocol_error(1007, "invalid UTF-8 in text message"), ctx)
-                        }
+                    Ok(()) => match message::inflated_message(text, &out) {
+                        Ok(msg) => self.on_event(Event::Message(msg), ctx),
+                        Err(e) => self.fail(e, ctx),
                     },
                     Err(InflateError::TooBig) => self.fail(
                         protocol_error(1009, "message too big (after inflating)"),

@@ -11,6 +11,15 @@ pub enum OpCode {
 }
 
 impl OpCode {
+    /// The opcode of a data message.
+    pub fn data(text: bool) -> OpCode {
+        if text {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        }
+    }
+
     pub fn from_u8(b: u8) -> Option<OpCode> {
         Some(match b {
             0 => OpCode::Continuation,

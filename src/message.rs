@@ -447,13 +447,25 @@ impl Decoder {
 
 /// The event of a complete data message; text is validated here.
 fn message_event(text: bool, compressed: bool, data: &[u8]) -> Result<Event<'_>, Violation> {
-    Ok(match (compressed, text) {
-        (true, _) => Event::Deflated { text, data },
-        (false, false) => Event::Message(Message::Binary(data)),
-        (false, true) => Event::Message(Message::Text(
-            std::str::from_utf8(data).map_err(|_| Violation::TextUtf8)?,
-        )),
-    })
+    if compressed {
+        return Ok(Event::Deflated { text, data });
+    }
+    validated(text, data).map(Event::Message)
+}
+
+fn validated(text: bool, data: &[u8]) -> Result<Message<'_>, Violation> {
+    if !text {
+        return Ok(Message::Binary(data));
+    }
+    std::str::from_utf8(data)
+        .map(Message::Text)
+        .map_err(|_| Violation::TextUtf8)
+}
+
+/// An inflated `Event::Deflated` payload as a message, its text validated as the decoder
+/// validates the messages it delivers (same 1007 on failure).
+pub fn inflated_message(text: bool, data: &[u8]) -> Result<Message<'_>, ProtocolError> {
+    validated(text, data).map_err(Violation::error)
 }
 
 /// Header length from the second header byte, assuming the mask bit is set.

@@ -610,7 +610,7 @@ impl ServerHandle {
     ) -> SendStatus {
         let len = (*payload).as_ref().len();
         let mut header = [0u8; frame::MAX_HEADER_LEN];
-        let op = if text { OpCode::Text } else { OpCode::Binary };
+        let op = OpCode::data(text);
         let hlen = frame::encode_header(&mut header, true, false, op, len as u64, None);
         match self.admit(id, hlen + len) {
             Ok((w, status)) => {

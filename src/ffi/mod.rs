@@ -295,15 +295,19 @@ fn check_text(data: &[u8]) -> Result<(), c_int> {
     if data.is_ascii() || std::str::from_utf8(data).is_ok() {
         Ok(())
     } else {
-        Err(fail(WSRT_ERR_INVALID, "text message is not valid UTF-8"))
+        Err(not_utf8())
     }
+}
+
+fn not_utf8() -> c_int {
+    fail(WSRT_ERR_INVALID, "text message is not valid UTF-8")
 }
 
 fn message(data: &[u8], is_text: bool) -> Result<Message<'_>, c_int> {
     if is_text {
         std::str::from_utf8(data)
             .map(Message::Text)
-            .map_err(|_| fail(WSRT_ERR_INVALID, "text message is not valid UTF-8"))
+            .map_err(|_| not_utf8())
     } else {
         Ok(Message::Binary(data))
     }
@@ -1030,11 +1034,7 @@ pub unsafe extern "C" fn wsrt_send(
                 return rc;
             }
         }
-        let op = if is_text {
-            OpCode::Text
-        } else {
-            OpCode::Binary
-        };
+        let op = OpCode::data(is_text);
         send_status(s.handle.send_message(ConnId::from_raw(conn), op, data))
     })
 }
