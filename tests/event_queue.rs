@@ -238,7 +238,6 @@ fn start_inline(pairs: &[(&str, &str)]) -> (Server, std::sync::Arc<EventQueue>) 
     (server, q)
 }
 
-/// Threads of this process whose name starts with `prefix`.
 /// A host that polls in a loop (waiting forever) and answers on the polling thread: echo
 /// each message; "close me" gets "bye" and a close. Returns the ids it saw open, once the
 /// server has stopped.

@@ -129,7 +129,15 @@ struct Host {
     stderr: Arc<Mutex<String>>,
 }
 
+/// A host's arguments and the wsrt worker threads it then has: two, then none (`-inline`,
+/// `WSRT_FLAG_POLL_INLINE`).
+const WORKERS_THEN_INLINE: [(&[&str], usize); 2] = [(&[], 2), (&["-inline"], 0)];
+
 impl Host {
+    fn wsrt_workers(&self) -> usize {
+        threads_named(&self.child.id().to_string(), "wsrt-worker")
+    }
+
     fn spawn(cmd: &mut Command) -> Host {
         let mut child = cmd
             .stdin(Stdio::null())
@@ -308,12 +316,11 @@ fn go_cgo_poll_echo_handles_and_hijack_adoption() {
         BUILD_LIMIT,
     );
     // With two worker threads, then inline (the loop runs inside the goroutine's wsrt_poll).
-    for args in [&[][..], &["-inline"][..]] {
+    for (args, workers) in WORKERS_THEN_INLINE {
         let host = Host::spawn(Command::new(&bin).args(args));
         let direct = host.addr("listening on ");
         let hijack = host.addr("http listening on ");
-        let workers = threads_named(&host.child.id().to_string(), "wsrt-worker");
-        assert_eq!(workers, if args.is_empty() { 2 } else { 0 }, "{args:?}");
+        assert_eq!(host.wsrt_workers(), workers, "{args:?}");
         echo(direct, "/direct");
         echo(hijack, "/hijacked");
         early_frame(hijack, "/hijacked-early");
@@ -503,7 +510,7 @@ fn jvm_ffm_thread_blocked_in_poll() {
     let c_layout = String::from_utf8(c_layout).unwrap();
 
     // With two worker threads, then inline (the loop runs in the poller thread's wsrt_poll).
-    for args in [&[][..], &["-inline"][..]] {
+    for (args, workers) in WORKERS_THEN_INLINE {
         let host = Host::spawn(
             Command::new(jdk.join("bin/java"))
                 .arg("--enable-native-access=ALL-UNNAMED")
@@ -517,8 +524,7 @@ fn jvm_ffm_thread_blocked_in_poll() {
             "SmokeFfm's MemoryLayout of wsrt_event vs the C compiler"
         );
         let addr = host.addr("listening on ");
-        let workers = threads_named(&host.child.id().to_string(), "wsrt-worker");
-        assert_eq!(workers, if args.is_empty() { 2 } else { 0 }, "{args:?}");
+        assert_eq!(host.wsrt_workers(), workers, "{args:?}");
         jvm_upgrades_and_echo(addr, "ffm");
         host.stop_expecting(2);
     }
