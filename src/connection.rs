@@ -1044,7 +1044,29 @@ impl Core {
         }
     }
 
-    /// A frame shared by a publish or broadcast (encoded once for every connection).
+    /// Send frames shared by consecutive publishes or broadcasts (`joined`: the same bytes
+    /// back to back). A connection with nothing queued that sends them as they are (no
+    /// compression) takes all of them in one write; otherwise each goes as `send_shared`
+    /// sends it, so backpressure and compression apply per message.
+    pub fn send_shared_run(
+        &mut self,
+        frames: &[Arc<[u8]>],
+        joined: &Arc<[u8]>,
+        caches: &mut [CompressedCopies],
+        ctx: &mut Ctx,
+        w: &mut impl Write,
+    ) {
+        let compresses = self.deflate.as_ref().is_some_and(|d| d.params.compresses());
+        let idle = self.out.is_empty() && self.shared.queued.load(Ordering::Relaxed) == 0;
+        if frames.len() > 1 && idle && !compresses && self.opened && !self.close_sent {
+            self.enqueue_shared(joined, frames.len() as u64, ctx, w);
+            return;
+        }
+        for (frame, cache) in frames.iter().zip(caches) {
+            self.send_shared(frame, cache, ctx, w);
+        }
+    }
+
     /// Send a frame shared by a publish or broadcast. Connections that compress without
     /// server context takeover share one compressed frame per window size (`cache`, kept by
     /// the caller for the duration of one publish); with context takeover each connection's
@@ -1052,7 +1074,7 @@ impl Core {
     pub fn send_shared(
         &mut self,
         frame: &Arc<[u8]>,
-        cache: &mut Vec<(u8, Arc<[u8]>)>,
+        cache: &mut CompressedCopies,
         ctx: &mut Ctx,
         w: &mut impl Write,
     ) -> SendStatus {
@@ -1090,26 +1112,30 @@ impl Core {
                             f
                         }
                     };
-                    return self.enqueue_shared(&shared, ctx, w);
+                    return self.enqueue_shared(&shared, 1, ctx, w);
                 }
             }
         }
-        self.enqueue_shared(frame, ctx, w)
+        self.enqueue_shared(frame, 1, ctx, w)
     }
 
     /// Write a shared frame at once when nothing is queued ahead of it (no allocation, no
     /// flush bookkeeping: a publish to 10,000 idle subscribers is 10,000 plain writes);
-    /// queue only what the socket did not take.
+    /// queue only what the socket did not take. `frame` may hold several `messages` back to
+    /// back.
     fn enqueue_shared(
         &mut self,
         frame: &Arc<[u8]>,
+        messages: u64,
         ctx: &mut Ctx,
         w: &mut impl Write,
     ) -> SendStatus {
         if !self.admit(frame.len(), ctx) {
             return SendStatus::Dropped;
         }
-        ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        ctx.stats
+            .messages_out
+            .fetch_add(messages, Ordering::Relaxed);
         let mut written = 0;
         if self.out.is_empty() && ctx.cork_slot != Some(self.id.slot()) {
             loop {
@@ -1210,6 +1236,10 @@ impl Core {
         self.opened
     }
 }
+
+/// One shared frame compressed once per window size, for the connections that compress
+/// without server context takeover.
+pub(crate) type CompressedCopies = Vec<(u8, Arc<[u8]>)>;
 
 fn protocol_error(close_code: u16, reason: &'static str) -> message::ProtocolError {
     message::ProtocolError { close_code, reason }

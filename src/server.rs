@@ -217,13 +217,16 @@ impl WorkerRef {
     pub fn send(&self, cmd: Cmd) -> bool {
         // Corked messages already sent go first (one thread's commands keep their order).
         self.move_batch();
-        // Inline mode, and no thread is running the loop: apply it now.
+        // Inline mode, and no thread is running the loop: apply it now. Except a publish or
+        // broadcast: it waits for the next turn (the next poll), so that a burst of them goes
+        // out together, one write per connection (see `Worker::drain_inbox`).
+        let fan_out = matches!(cmd, Cmd::Publish { .. } | Cmd::Broadcast { .. });
         let cmd = match &self.inline {
-            Some(inline) => match inline.try_apply(cmd) {
+            Some(inline) if !fan_out => match inline.try_apply(cmd) {
                 Ok(()) => return true,
                 Err(cmd) => cmd,
             },
-            None => cmd,
+            _ => cmd,
         };
         if self.tx.send(cmd).is_err() {
             return false;
@@ -364,8 +367,9 @@ impl Server {
     /// polls `queue` (`EventQueue::poll`), for hosts that poll in a loop, so events are
     /// handled and answered on the polling thread with no handoff between threads. Nothing
     /// happens between polls: keep polling (and join or shut down to finish). Sends and
-    /// commands made while no thread is polling take effect at once and are written when
-    /// the next poll begins. `workers` must be 0 or 1.
+    /// commands made while no thread is polling take effect at once (publishes and
+    /// broadcasts when the next poll begins, so that a burst goes out together) and are
+    /// written when the next poll begins. `workers` must be 0 or 1.
     pub fn start_inline(opts: Options, queue: &Arc<EventQueue>) -> Result<Server, Error> {
         if opts.workers > 1 {
             return Err(Error::Option(OptionError {
@@ -431,6 +435,7 @@ impl Server {
         });
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(n);
+        let (started_tx, started) = std::sync::mpsc::channel();
         for (index, (poll, rx, stats)) in parts.into_iter().enumerate() {
             let worker = Worker::new(
                 index,
@@ -445,11 +450,21 @@ impl Server {
                 holder.install(worker);
                 continue;
             }
+            let started_tx = started_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("wsrt-worker-{index}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    let _ = started_tx.send(());
+                    worker.run()
+                })
                 .map_err(io_err("cannot start a worker thread".into()))?;
             threads.push(t);
+        }
+        // A thread takes its name once it runs: wait for that, so the workers are there (and
+        // named, for `top -H`, a debugger or a host counting its threads) when start returns.
+        drop(started_tx);
+        for _ in &threads {
+            let _ = started.recv();
         }
         Ok(Server {
             handle: ServerHandle { shared },
@@ -760,7 +775,9 @@ impl ServerHandle {
     }
 
     /// Send to every subscriber of `topic`, on every worker. The frame is encoded once and
-    /// shared. False if the server has stopped.
+    /// shared. Publishes to one topic that a worker finds queued back to back (a burst, e.g.
+    /// the messages of one read) are written to each idle connection in one write, in order.
+    /// False if the server has stopped.
     pub fn publish(&self, topic: &str, msg: Message<'_>) -> bool {
         let frame = shared_frame(msg);
         let topic: Arc<str> = Arc::from(topic);
@@ -774,7 +791,8 @@ impl ServerHandle {
         ok
     }
 
-    /// Send to every open connection (encoded once).
+    /// Send to every open connection (encoded once; a burst goes out together, as with
+    /// `publish`).
     pub fn broadcast(&self, msg: Message<'_>) -> bool {
         let frame = shared_frame(msg);
         let mut ok = true;

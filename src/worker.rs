@@ -617,11 +617,77 @@ impl Worker {
 
     fn drain_inbox(&mut self) {
         self.me().wake.draining();
-        for _ in 0..CMDS_PER_TURN {
-            let Ok(cmd) = self.rx.try_recv() else {
-                return;
+        let mut taken = 0;
+        let mut next = None;
+        while taken < CMDS_PER_TURN {
+            let cmd = match next.take() {
+                Some(cmd) => cmd,
+                None => {
+                    let Ok(cmd) = self.rx.try_recv() else {
+                        return;
+                    };
+                    taken += 1;
+                    cmd
+                }
             };
+            let mut run = match cmd {
+                Cmd::Publish { topic, frame } => FanOut::new(Some(topic), frame),
+                Cmd::Broadcast { frame } => FanOut::new(None, frame),
+                other => {
+                    self.command(other);
+                    continue;
+                }
+            };
+            // A burst of publishes to one audience, queued back to back, goes out together:
+            // one write per connection instead of one per message and connection.
+            while taken < CMDS_PER_TURN && run.bytes < FAN_OUT_RUN_BYTES {
+                let Ok(cmd) = self.rx.try_recv() else {
+                    break;
+                };
+                taken += 1;
+                if let Err(other) = run.absorb(cmd) {
+                    next = Some(other);
+                    break;
+                }
+            }
+            self.fan_out(run);
+        }
+        if let Some(cmd) = next {
             self.command(cmd);
+        }
+    }
+
+    /// Send a run of shared frames to its audience, encoded once for everyone.
+    fn fan_out(&mut self, run: FanOut) {
+        let joined = run.joined();
+        let mut caches = vec![Vec::new(); run.frames.len()];
+        let mut send = |slot: &mut Slot, ctx: &mut Ctx| {
+            slot.state.core_mut().send_shared_run(
+                &run.frames,
+                &joined,
+                &mut caches,
+                ctx,
+                &mut NoSigPipe(&slot.stream),
+            )
+        };
+        match &run.topic {
+            Some(topic) => {
+                self.scratch.clear();
+                self.scratch
+                    .extend_from_slice(self.ctx.topics.members(topic));
+                for i in 0..self.scratch.len() {
+                    if let Some(slot) = self.conns.get_mut(self.scratch[i].slot()) {
+                        send(slot, &mut self.ctx);
+                    }
+                }
+            }
+            None => {
+                for (_, slot) in self.conns.iter_mut() {
+                    if slot.state.core().is_open() {
+                        send(slot, &mut self.ctx);
+                    }
+                }
+            }
         }
     }
 
@@ -663,38 +729,8 @@ impl Worker {
             Cmd::Terminate { id } => self.with_conn(id, |mut c| c.terminate()),
             Cmd::Subscribe { id, topic } => self.with_conn(id, |mut c| c.subscribe(&topic)),
             Cmd::Unsubscribe { id, topic } => self.with_conn(id, |mut c| c.unsubscribe(&topic)),
-            Cmd::Publish { topic, frame } => {
-                self.scratch.clear();
-                self.scratch
-                    .extend_from_slice(self.ctx.topics.members(&topic));
-                let mut cache = Vec::new();
-                for i in 0..self.scratch.len() {
-                    let id = self.scratch[i];
-                    if let Some(slot) = self.conns.get_mut(id.slot()) {
-                        let core = slot.state.core_mut();
-                        core.send_shared(
-                            &frame,
-                            &mut cache,
-                            &mut self.ctx,
-                            &mut NoSigPipe(&slot.stream),
-                        );
-                    }
-                }
-            }
-            Cmd::Broadcast { frame } => {
-                let mut cache = Vec::new();
-                for (_, slot) in self.conns.iter_mut() {
-                    if slot.state.core().is_open() {
-                        let core = slot.state.core_mut();
-                        core.send_shared(
-                            &frame,
-                            &mut cache,
-                            &mut self.ctx,
-                            &mut NoSigPipe(&slot.stream),
-                        );
-                    }
-                }
-            }
+            Cmd::Publish { topic, frame } => self.fan_out(FanOut::new(Some(topic), frame)),
+            Cmd::Broadcast { frame } => self.fan_out(FanOut::new(None, frame)),
             Cmd::Decide { id, decision } => {
                 let k = id.slot();
                 if self.live(id).is_none() {
@@ -790,6 +826,51 @@ impl Worker {
         }
         (now >= plan.close_start && self.conns.is_empty() && self.rx.is_empty())
             || now >= plan.deadline
+    }
+}
+
+/// A run of fan-outs stops growing at this size (its frames are copied into one buffer).
+const FAN_OUT_RUN_BYTES: usize = 64 * 1024;
+
+/// Consecutive publishes to one topic, or broadcasts, taken from the inbox together.
+struct FanOut {
+    /// None: every open connection.
+    topic: Option<Arc<str>>,
+    frames: Vec<Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl FanOut {
+    fn new(topic: Option<Arc<str>>, frame: Arc<[u8]>) -> FanOut {
+        FanOut {
+            topic,
+            bytes: frame.len(),
+            frames: vec![frame],
+        }
+    }
+
+    /// Add `cmd` to the run if it goes to the same audience; hand it back otherwise.
+    fn absorb(&mut self, cmd: Cmd) -> Result<(), Cmd> {
+        let frame = match cmd {
+            Cmd::Publish { topic, frame } if self.topic.as_deref() == Some(&*topic) => frame,
+            Cmd::Broadcast { frame } if self.topic.is_none() => frame,
+            other => return Err(other),
+        };
+        self.bytes += frame.len();
+        self.frames.push(frame);
+        Ok(())
+    }
+
+    /// The frames back to back.
+    fn joined(&self) -> Arc<[u8]> {
+        if let [one] = self.frames.as_slice() {
+            return one.clone();
+        }
+        let mut all = Vec::with_capacity(self.bytes);
+        for f in &self.frames {
+            all.extend_from_slice(f);
+        }
+        Arc::from(all)
     }
 }
 

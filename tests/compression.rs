@@ -213,22 +213,30 @@ fn publish_to_compressed_and_plain_subscribers() {
     let mut plain = raw_ws(srv.addr, "/");
     let pid = srv.wait_open();
     assert!(h.subscribe(zid, "t") && h.subscribe(pid, "t"));
-    let text = "published ".repeat(100);
-    assert!(h.publish("t", wsrt::Message::Text(&text)));
-    assert_eq!(read_frame(&mut plain), (true, 1, text.as_bytes().to_vec()));
-    let mut h2 = [0u8; 2];
-    std::io::Read::read_exact(&mut zipped, &mut h2).unwrap();
-    assert_eq!(h2[0], 0x80 | 0x40 | 1, "compressed text frame (RSV1)");
-    let len = (h2[1] & 0x7f) as usize;
-    assert!(len < 126, "compressed well below the 1000-byte original");
-    let mut payload = vec![0u8; len];
-    std::io::Read::read_exact(&mut zipped, &mut payload).unwrap();
-    payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut d = flate2::Decompress::new(false);
-    let mut out = Vec::with_capacity(4096);
-    d.decompress_vec(&payload, &mut out, flate2::FlushDecompress::Sync)
-        .unwrap();
-    assert_eq!(out, text.as_bytes());
+    // A burst: publishes queued back to back may go to the plain subscriber in one write;
+    // the compressed one still gets each message compressed on its own.
+    let texts: Vec<String> = (0..20)
+        .map(|i| format!("published {i} ").repeat(100))
+        .collect();
+    for text in &texts {
+        assert!(h.publish("t", wsrt::Message::Text(text)));
+    }
+    for text in &texts {
+        assert_eq!(read_frame(&mut plain), (true, 1, text.as_bytes().to_vec()));
+        let mut h2 = [0u8; 2];
+        std::io::Read::read_exact(&mut zipped, &mut h2).unwrap();
+        assert_eq!(h2[0], 0x80 | 0x40 | 1, "compressed text frame (RSV1)");
+        let len = (h2[1] & 0x7f) as usize;
+        assert!(len < 126, "compressed well below the 1000-byte original");
+        let mut payload = vec![0u8; len];
+        std::io::Read::read_exact(&mut zipped, &mut payload).unwrap();
+        payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut d = flate2::Decompress::new(false);
+        let mut out = Vec::with_capacity(4096);
+        d.decompress_vec(&payload, &mut out, flate2::FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(out, text.as_bytes());
+    }
 }
 
 /// The tiny JSON reader these tests need (no serde dependency for one line).

@@ -366,3 +366,71 @@ fn ipv6_listener_works() {
     ws.send(WsMessage::text("v6")).unwrap();
     assert_eq!(ws.read().unwrap(), WsMessage::text("v6"));
 }
+
+/// `/sub` subscribes to "room" (the first one also takes direct messages); `/pub` sends
+/// "p:N" (published to the room) and "d:N" (sent to the first subscriber only).
+struct Burst {
+    direct_to: std::sync::Mutex<Option<wsrt::ConnId>>,
+}
+impl Handler for Burst {
+    fn on_open(&self, conn: &mut Conn<'_>) {
+        if conn.path() == "/sub" {
+            conn.subscribe("room");
+            self.direct_to.lock().unwrap().get_or_insert(conn.id());
+            conn.send_text("joined");
+        }
+    }
+    fn on_message(&self, conn: &mut Conn<'_>, msg: Message<'_>) {
+        let Message::Text(text) = msg else { return };
+        if text.starts_with("p:") {
+            conn.server().publish("room", msg);
+        } else if let Some(id) = *self.direct_to.lock().unwrap() {
+            conn.server().send_text(id, text);
+        }
+    }
+}
+
+/// A burst of publishes read in one go is written to each subscriber together (one write
+/// per subscriber); every message still arrives whole and in order, a direct message sent
+/// in between stays between, and the counters count messages, not writes.
+#[test]
+fn a_burst_of_publishes_arrives_whole_and_in_order() {
+    let burst = Burst {
+        direct_to: std::sync::Mutex::new(None),
+    };
+    let server = Server::start(options(&[("workers", "1")]), burst).unwrap();
+    let addr = server.local_addr();
+    let mut subs: Vec<_> = (0..4).map(|_| client(addr, "/sub")).collect();
+    for ws in &mut subs {
+        assert_eq!(ws.read().unwrap(), WsMessage::text("joined"));
+    }
+    let sent: Vec<String> = (0..300)
+        .map(|i| match i % 50 {
+            49 => format!("d:{i}"),
+            _ => format!("p:{i} {}", "x".repeat(i % 7 * 40)),
+        })
+        .collect();
+    let mut wire = Vec::new();
+    for text in &sent {
+        wire.extend_from_slice(&frame(true, 1, text.as_bytes(), true));
+    }
+    let mut publisher = raw_ws(addr, "/pub");
+    publisher.write_all(&wire).unwrap();
+    for (n, ws) in subs.iter_mut().enumerate() {
+        let expected = sent.iter().filter(|t| n == 0 || t.starts_with("p:"));
+        for text in expected {
+            assert_eq!(
+                ws.read().unwrap(),
+                WsMessage::text(text.as_str()),
+                "sub {n}"
+            );
+        }
+    }
+    let published = sent.iter().filter(|t| t.starts_with("p:")).count() as u64;
+    let direct = sent.len() as u64 - published;
+    assert_eq!(
+        server.handle().stats().messages_out,
+        4 + 4 * published + direct,
+        "4 joined, each publish to 4 subscribers, the direct messages"
+    );
+}

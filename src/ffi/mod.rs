@@ -71,7 +71,8 @@ pub const WSRT_FLAG_DECIDE_UPGRADES: u32 = 1;
 /// the caller's thread), so events are handled and answered without a handoff between
 /// threads: the fastest mode for a host that polls in a loop. Nothing happens between
 /// polls: keep polling. Sends and other calls made while no thread is in `wsrt_poll` take
-/// effect at once and are written when the next poll begins; while a thread is in
+/// effect at once (publishes and broadcasts when the next poll begins, so that a burst of
+/// them goes out together) and are written when the next poll begins; while a thread is in
 /// `wsrt_poll`, calls from other threads wake it. `workers` must be 0 or 1; there is no
 /// event fd. `wsrt_server_shutdown` / `wsrt_server_free` run the loop until it stops.
 pub const WSRT_FLAG_POLL_INLINE: u32 = 2;
@@ -1250,6 +1251,8 @@ pub unsafe extern "C" fn wsrt_unsubscribe(
 }
 
 /// Send to every subscriber of `topic` on every worker; the frame is encoded once.
+/// Publishes to one topic that a worker finds queued back to back (a burst) are written to
+/// each connection together, in one write where the connection is idle; order is kept.
 ///
 /// # Safety
 /// `server` comes from `wsrt_server_start`; `topic` is NUL-terminated; `data` points to
@@ -1282,7 +1285,8 @@ pub unsafe extern "C" fn wsrt_publish(
     })
 }
 
-/// Send to every open connection; the frame is encoded once.
+/// Send to every open connection; the frame is encoded once. Broadcasts queued back to back
+/// go out together, as publishes do.
 ///
 /// # Safety
 /// `server` comes from `wsrt_server_start`; `data` points to `len` bytes.
