@@ -1021,7 +1021,7 @@ impl Core {
             frame::encode_header(&mut header, true, rsv1, opcode, payload.len() as u64, None);
         let len = hlen + payload.len();
         if !control {
-            if !self.opened || self.close_sent {
+            if !self.takes_messages() {
                 return SendStatus::Gone;
             }
             if !self.admit(len, ctx) {
@@ -1058,7 +1058,7 @@ impl Core {
     ) {
         let compresses = self.deflate.as_ref().is_some_and(|d| d.params.compresses());
         let idle = self.out.is_empty() && self.shared.queued.load(Ordering::Relaxed) == 0;
-        if frames.len() > 1 && idle && !compresses && self.opened && !self.close_sent {
+        if frames.len() > 1 && idle && !compresses && self.takes_messages() {
             self.enqueue_shared(joined, frames.len() as u64, ctx, w);
             return;
         }
@@ -1078,7 +1078,7 @@ impl Core {
         ctx: &mut Ctx,
         w: &mut impl Write,
     ) -> SendStatus {
-        if !self.opened || self.close_sent {
+        if !self.takes_messages() {
             return SendStatus::Gone;
         }
         if let Some(d) = self.deflate.as_mut().filter(|d| d.params.compresses()) {
@@ -1229,11 +1229,16 @@ impl Core {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(drained && self.opened && !self.close_sent)
+        Ok(drained && self.takes_messages())
     }
 
     pub fn is_open(&self) -> bool {
         self.opened
+    }
+
+    /// Open, and no close frame of ours sent: data messages may still be sent.
+    fn takes_messages(&self) -> bool {
+        self.opened && !self.close_sent
     }
 }
 

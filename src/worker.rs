@@ -630,10 +630,9 @@ impl Worker {
                     cmd
                 }
             };
-            let mut run = match cmd {
-                Cmd::Publish { topic, frame } => FanOut::new(Some(topic), frame),
-                Cmd::Broadcast { frame } => FanOut::new(None, frame),
-                other => {
+            let mut run = match FanOut::from_cmd(cmd) {
+                Ok(run) => run,
+                Err(other) => {
                     self.command(other);
                     continue;
                 }
@@ -729,8 +728,11 @@ impl Worker {
             Cmd::Terminate { id } => self.with_conn(id, |mut c| c.terminate()),
             Cmd::Subscribe { id, topic } => self.with_conn(id, |mut c| c.subscribe(&topic)),
             Cmd::Unsubscribe { id, topic } => self.with_conn(id, |mut c| c.unsubscribe(&topic)),
-            Cmd::Publish { topic, frame } => self.fan_out(FanOut::new(Some(topic), frame)),
-            Cmd::Broadcast { frame } => self.fan_out(FanOut::new(None, frame)),
+            Cmd::Publish { .. } | Cmd::Broadcast { .. } => {
+                if let Ok(run) = FanOut::from_cmd(cmd) {
+                    self.fan_out(run);
+                }
+            }
             Cmd::Decide { id, decision } => {
                 let k = id.slot();
                 if self.live(id).is_none() {
@@ -841,12 +843,18 @@ struct FanOut {
 }
 
 impl FanOut {
-    fn new(topic: Option<Arc<str>>, frame: Arc<[u8]>) -> FanOut {
-        FanOut {
+    /// A run of one, for a publish or broadcast; any other command is handed back.
+    fn from_cmd(cmd: Cmd) -> Result<FanOut, Cmd> {
+        let (topic, frame) = match cmd {
+            Cmd::Publish { topic, frame } => (Some(topic), frame),
+            Cmd::Broadcast { frame } => (None, frame),
+            other => return Err(other),
+        };
+        Ok(FanOut {
             topic,
             bytes: frame.len(),
             frames: vec![frame],
-        }
+        })
     }
 
     /// Add `cmd` to the run if it goes to the same audience; hand it back otherwise.

@@ -290,10 +290,11 @@ unsafe fn headers_arg(
         .collect()
 }
 
-/// Host text must be UTF-8 (clients would close with 1007). The ASCII check runs first: for
-/// the short messages most hosts send it is several times cheaper than full validation.
-fn check_text(data: &[u8]) -> Result<(), c_int> {
-    if data.is_ascii() || std::str::from_utf8(data).is_ok() {
+/// Host text must be UTF-8 (clients would close with 1007); binary may be anything. The
+/// ASCII check runs first: for the short messages most hosts send it is several times
+/// cheaper than full validation.
+fn check_text(data: &[u8], is_text: bool) -> Result<(), c_int> {
+    if !is_text || data.is_ascii() || std::str::from_utf8(data).is_ok() {
         Ok(())
     } else {
         Err(not_utf8())
@@ -1030,10 +1031,8 @@ pub unsafe extern "C" fn wsrt_send(
             (Ok(s), Ok(d)) => (s, d),
             (Err(rc), _) | (_, Err(rc)) => return rc,
         };
-        if is_text {
-            if let Err(rc) = check_text(data) {
-                return rc;
-            }
+        if let Err(rc) = check_text(data, is_text) {
+            return rc;
         }
         let op = OpCode::data(is_text);
         send_status(s.handle.send_message(ConnId::from_raw(conn), op, data))
@@ -1104,10 +1103,8 @@ pub unsafe extern "C" fn wsrt_send_owned(
         if len > 0 && data.is_null() {
             return fail(WSRT_ERR_NULL, "data is NULL but len is not 0");
         }
-        if is_text {
-            if let Err(rc) = check_text(buf.as_ref()) {
-                return rc;
-            }
+        if let Err(rc) = check_text(buf.as_ref(), is_text) {
+            return rc;
         }
         send_status(
             s.handle
