@@ -299,26 +299,27 @@ impl EventQueue {
     /// next messages: no allocation per message once warm. Any thread; a CLOSE event's host
     /// data is released here, on the caller's thread.
     pub fn recycle(&self, events: &mut Vec<QueuedEvent>) {
-        let mut buffers = Vec::new();
-        for ev in events.drain(..) {
-            if let QueuedEvent::Message { mut data, .. } = ev {
-                if data.capacity() <= SPARE_CAPACITY {
-                    data.clear();
-                    buffers.push(data);
+        if !events.is_empty() {
+            let mut st = self.lock();
+            for ev in events.iter_mut() {
+                let QueuedEvent::Message { data, .. } = ev else {
+                    continue;
+                };
+                let capacity = data.capacity();
+                if capacity == 0 || capacity > SPARE_CAPACITY {
+                    continue;
                 }
+                if st.spare_bytes + capacity > SPARE_BYTES {
+                    break;
+                }
+                let mut buf = std::mem::take(data);
+                buf.clear();
+                st.spare_bytes += capacity;
+                st.spare.push(buf);
             }
         }
-        if buffers.is_empty() {
-            return;
-        }
-        let mut st = self.lock();
-        for b in buffers {
-            if st.spare_bytes + b.capacity() > SPARE_BYTES {
-                break;
-            }
-            st.spare_bytes += b.capacity();
-            st.spare.push(b);
-        }
+        // Outside the lock: a CLOSE event's finalizer is host code that may call wsrt.
+        events.clear();
     }
 
     /// Every worker has stopped: wake the pollers, and answer every later poll at once.

@@ -31,26 +31,49 @@ fn main() {
     let a = peers::args();
     let mut poll = Poll::new().unwrap();
     let mut l = TcpListener::bind(a.listen).expect("bind");
+    // mio listens with a backlog of 1024. 10,000 subscribers connecting while the core is
+    // still tearing down the last workload's sockets overflow it, and a connection the kernel
+    // then drops is lost for good when the client never sends (a raw subscriber; a WebSocket
+    // client's upgrade request is retransmitted). Ask for the system's maximum.
+    // SAFETY: listen(2) on the listener's own open fd; it only changes the backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), libc::c_int::MAX) };
     poll.registry().register(&mut l, LISTENER, Interest::READABLE).unwrap();
     let mut conns: slab_like::Slab<C> = slab_like::Slab::default();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 * 1024];
+    // Accepting stopped on an error (EMFILE while the last workload's sockets are still being
+    // closed): the listener's edge is spent, so retry every few milliseconds.
+    let mut accept_stalled = false;
     loop {
-        match poll.poll(&mut events, None) {
+        let timeout = accept_stalled.then(|| std::time::Duration::from_millis(5));
+        match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => panic!("poll: {e}"),
         }
+        if accept_stalled || events.iter().any(|ev| ev.token() == LISTENER) {
+            accept_stalled = false;
+            loop {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        let k = conns.vacant();
+                        poll.registry()
+                            .register(&mut s, Token(k), Interest::READABLE | Interest::WRITABLE)
+                            .unwrap();
+                        conns.insert(k, C { s, out: Vec::new(), writable: true });
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        accept_stalled = true;
+                        break;
+                    }
+                }
+            }
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                while let Ok((mut s, _)) = l.accept() {
-                    let _ = s.set_nodelay(true);
-                    let k = conns.vacant();
-                    poll.registry()
-                        .register(&mut s, Token(k), Interest::READABLE | Interest::WRITABLE)
-                        .unwrap();
-                    conns.insert(k, C { s, out: Vec::new(), writable: true });
-                }
                 continue;
             }
             let k = ev.token().0;
