@@ -5,15 +5,15 @@
 //! One thread, one `mio::Poll` (epoll), so pin it to one core with `taskset`.
 //!
 //! Modes:
-//! - `echo`   N connections, K messages of S bytes in flight on each; warm-up, then a fixed
-//!            duration; msgs/s, bytes/s, p50/p99/p99.9 latency, own CPU use (getrusage) and the
-//!            server's CPU use (/proc/PID/stat) when `--server-pid` is given.
-//! - `idle`   N connections over several 127.0.0.x source addresses; the server's VmRSS delta
-//!            per connection (/proc/PID/status).
-//! - `fanout` T subscribers and one publisher (connection 0); each round the publisher sends K
-//!            messages and the round ends when every subscriber has all of them; deliveries/s
-//!            and the time until the last subscriber has the message. Measured rounds start
-//!            once one round has reached every subscriber (a raw server may accept late).
+//! - `echo`: N connections, K messages of S bytes in flight on each; warm-up, then a fixed
+//!   duration; msgs/s, bytes/s, p50/p99/p99.9 latency, own CPU use (getrusage) and the
+//!   server's CPU use (/proc/PID/stat) when `--server-pid` is given.
+//! - `idle`: N connections over several 127.0.0.x source addresses; the server's VmRSS delta
+//!   per connection (/proc/PID/status).
+//! - `fanout`: T subscribers and one publisher (connection 0); each round the publisher sends
+//!   K messages and the round ends when every subscriber has all of them; deliveries/s and
+//!   the time until the last subscriber has the message. Measured rounds start once one
+//!   round has reached every subscriber (a raw server may accept late).
 //!
 //! Output: human lines on stderr, one `RESULT key=value ...` line on stdout.
 
@@ -123,7 +123,11 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -174,7 +178,10 @@ fn parse_frame(buf: &[u8]) -> Option<(usize, usize, u8, Option<[u8; 4]>)> {
             if buf.len() < 10 {
                 return None;
             }
-            (10, u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize)
+            (
+                10,
+                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            )
         }
         n => (2, n as usize),
     };
@@ -195,7 +202,10 @@ fn parse_frame(buf: &[u8]) -> Option<(usize, usize, u8, Option<[u8; 4]>)> {
 fn raise_nofile() -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
@@ -290,7 +300,8 @@ impl Conn {
         self.wpos = 0;
         if self.want_write {
             self.want_write = false;
-            poll.registry().reregister(&mut self.stream, tok, Interest::READABLE)?;
+            poll.registry()
+                .reregister(&mut self.stream, tok, Interest::READABLE)?;
         }
         Ok(())
     }
@@ -378,7 +389,8 @@ impl Net {
                     format!("only {open} of {n} connections opened in 120 s"),
                 ));
             }
-            self.poll.poll(&mut self.events, Some(Duration::from_millis(500)))?;
+            self.poll
+                .poll(&mut self.events, Some(Duration::from_millis(500)))?;
             for ev in self.events.iter() {
                 let t = ev.token();
                 let c = &mut self.conns[t.0];
@@ -508,7 +520,8 @@ fn run_echo(a: &Args) -> io::Result<()> {
         if now0 >= end {
             break;
         }
-        net.poll.poll(&mut net.events, Some(Duration::from_millis(20)))?;
+        net.poll
+            .poll(&mut net.events, Some(Duration::from_millis(20)))?;
         for ev in net.events.iter() {
             let t = ev.token();
             let c = &mut net.conns[t.0];
@@ -674,8 +687,11 @@ fn run_fanout(a: &Args) -> io::Result<()> {
             let text = &text.as_bytes()[..20.min(text.len())];
             let mut payload = text.to_vec();
             payload.resize(a.size.max(20), b'.');
-            pubc.wbuf
-                .extend_from_slice(&client_frame(1, &payload, (rng.next() as u32).to_le_bytes()));
+            pubc.wbuf.extend_from_slice(&client_frame(
+                1,
+                &payload,
+                (rng.next() as u32).to_le_bytes(),
+            ));
         }
         let cpu_r0 = own_cpu();
         let t0 = Instant::now();
@@ -686,7 +702,9 @@ fn run_fanout(a: &Args) -> io::Result<()> {
             if !settled && t0.elapsed() > SETTLE_ROUND {
                 if Instant::now() > settle_deadline {
                     timeouts += 1;
-                    eprintln!("fanout: no round reached every subscriber within 30 s ({done} of {t})");
+                    eprintln!(
+                        "fanout: no round reached every subscriber within 30 s ({done} of {t})"
+                    );
                     end = Instant::now();
                 }
                 break;
@@ -696,7 +714,8 @@ fn run_fanout(a: &Args) -> io::Result<()> {
                 eprintln!("fanout: round timed out, {done} of {t} subscribers complete");
                 break;
             }
-            net.poll.poll(&mut net.events, Some(Duration::from_millis(100)))?;
+            net.poll
+                .poll(&mut net.events, Some(Duration::from_millis(100)))?;
             for ev in net.events.iter() {
                 let tok = ev.token();
                 let c = &mut net.conns[tok.0];
@@ -779,11 +798,19 @@ fn run_fanout(a: &Args) -> io::Result<()> {
          loadgen_cpu_pct={:.0} server_cpu_pct={:.0} timeouts={timeouts} errors={} bad={bad}",
         a.inflight,
         lat_last.len(),
-        if mt > 0.0 { deliveries as f64 / mt } else { 0.0 },
+        if mt > 0.0 {
+            deliveries as f64 / mt
+        } else {
+            0.0
+        },
         ms(percentile(&lat_last, 0.5)),
         ms(percentile(&lat_last, 0.99)),
         ms(lat_last.last().map_or(f64::NAN, |&x| x as f64 / 1000.0)),
-        if mt > 0.0 { cpu_acc.as_secs_f64() / mt * 100.0 } else { 0.0 },
+        if mt > 0.0 {
+            cpu_acc.as_secs_f64() / mt * 100.0
+        } else {
+            0.0
+        },
         srv_pct,
         net.errors,
     );
@@ -793,7 +820,12 @@ fn run_fanout(a: &Args) -> io::Result<()> {
 fn main() {
     let a = parse_args();
     let lim = raise_nofile();
-    let need = if a.mode == "fanout" { a.conns + 1 } else { a.conns } as u64 + 64;
+    let need = if a.mode == "fanout" {
+        a.conns + 1
+    } else {
+        a.conns
+    } as u64
+        + 64;
     if lim < need {
         eprintln!("RLIMIT_NOFILE is {lim}, need {need}");
         std::process::exit(1);

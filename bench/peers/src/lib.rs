@@ -10,7 +10,10 @@ pub struct Args {
 }
 
 pub fn args() -> Args {
-    let mut a = Args { listen: "127.0.0.1:9001".parse().unwrap(), broadcast: false };
+    let mut a = Args {
+        listen: "127.0.0.1:9001".parse().unwrap(),
+        broadcast: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match (k.as_str(), it.next()) {
@@ -18,7 +21,10 @@ pub fn args() -> Args {
             ("--mode", Some(v)) if v == "echo" => a.broadcast = false,
             ("--mode", Some(v)) if v == "broadcast" => a.broadcast = true,
             _ => {
-                eprintln!("usage: {} [--listen IP:PORT] [--mode echo|broadcast]", std::env::args().next().unwrap());
+                eprintln!(
+                    "usage: {} [--listen IP:PORT] [--mode echo|broadcast]",
+                    std::env::args().next().unwrap()
+                );
                 std::process::exit(2);
             }
         }

@@ -38,7 +38,11 @@ fn main() {
             }
         }
     }
-    let server = if pubsub { Server::start(opts, PubSub) } else { Server::start(opts, Echo) }
-        .expect("start");
+    let server = if pubsub {
+        Server::start(opts, PubSub)
+    } else {
+        Server::start(opts, Echo)
+    }
+    .expect("start");
     server.join();
 }

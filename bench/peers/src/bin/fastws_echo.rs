@@ -28,7 +28,9 @@ async fn main() {
     let listener = TcpListener::bind(a.listen).await.expect("bind");
     let (tx, _) = broadcast::channel::<(OpCode, Vec<u8>)>(1024);
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let tx = tx.clone();
         let bcast = a.broadcast;
@@ -42,14 +44,10 @@ async fn main() {
             if !bcast {
                 let mut ws = FragmentCollector::new(ws);
                 while let Ok(frame) = ws.read_frame().await {
-                    match frame.opcode {
-                        OpCode::Text | OpCode::Binary => {
-                            if ws.write_frame(frame).await.is_err() {
-                                break;
-                            }
-                        }
-                        OpCode::Close => break,
-                        _ => {}
+                    let echo = matches!(frame.opcode, OpCode::Text | OpCode::Binary);
+                    let close = matches!(frame.opcode, OpCode::Close);
+                    if close || (echo && ws.write_frame(frame).await.is_err()) {
+                        break;
                     }
                 }
                 return;
@@ -78,7 +76,10 @@ async fn main() {
                 let (op, data) = (f.opcode, f.payload.to_vec());
                 let w = w.clone();
                 async move {
-                    w.lock().await.write_frame(Frame::new(true, op, None, Payload::Owned(data))).await
+                    w.lock()
+                        .await
+                        .write_frame(Frame::new(true, op, None, Payload::Owned(data)))
+                        .await
                 }
             };
             loop {

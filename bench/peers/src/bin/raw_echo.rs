@@ -37,7 +37,9 @@ fn main() {
     // client's upgrade request is retransmitted). Ask for the system's maximum.
     // SAFETY: listen(2) on the listener's own open fd; it only changes the backlog.
     unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), libc::c_int::MAX) };
-    poll.registry().register(&mut l, LISTENER, Interest::READABLE).unwrap();
+    poll.registry()
+        .register(&mut l, LISTENER, Interest::READABLE)
+        .unwrap();
     let mut conns: slab_like::Slab<C> = slab_like::Slab::default();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 * 1024];
@@ -61,7 +63,14 @@ fn main() {
                         poll.registry()
                             .register(&mut s, Token(k), Interest::READABLE | Interest::WRITABLE)
                             .unwrap();
-                        conns.insert(k, C { s, out: Vec::new(), writable: true });
+                        conns.insert(
+                            k,
+                            C {
+                                s,
+                                out: Vec::new(),
+                                writable: true,
+                            },
+                        );
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -153,7 +162,10 @@ mod slab_like {
     }
     impl<T> Default for Slab<T> {
         fn default() -> Self {
-            Slab { v: Vec::new(), free: Vec::new() }
+            Slab {
+                v: Vec::new(),
+                free: Vec::new(),
+            }
         }
     }
     impl<T> Slab<T> {
@@ -178,7 +190,10 @@ mod slab_like {
             t
         }
         pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
-            self.v.iter_mut().enumerate().filter_map(|(i, x)| x.as_mut().map(|t| (i, t)))
+            self.v
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, x)| x.as_mut().map(|t| (i, t)))
         }
     }
 }

@@ -10,12 +10,16 @@ async fn main() {
     let listener = TcpListener::bind(a.listen).await.expect("bind");
     let (tx, _) = broadcast::channel::<Message>(1024);
     loop {
-        let Ok((sock, _)) = listener.accept().await else { continue };
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let tx = tx.clone();
         let bcast = a.broadcast;
         tokio::spawn(async move {
-            let Ok(ws) = tokio_tungstenite::accept_async(sock).await else { return };
+            let Ok(ws) = tokio_tungstenite::accept_async(sock).await else {
+                return;
+            };
             if !bcast {
                 let (mut w, mut r) = ws.split();
                 while let Some(Ok(m)) = r.next().await {
