@@ -434,3 +434,57 @@ fn a_burst_of_publishes_arrives_whole_and_in_order() {
         "4 joined, each publish to 4 subscribers, the direct messages"
     );
 }
+
+/// Bursts to a subscriber that does not read: the coalesced writes fill its socket, the rest
+/// of a run (and every run after it) waits in its queue, and once it reads it gets every
+/// message whole and in order, while a subscriber that reads got them all meanwhile.
+#[test]
+fn bursts_to_a_subscriber_that_does_not_read_are_queued_whole_and_in_order() {
+    let burst = Burst {
+        direct_to: std::sync::Mutex::new(None),
+    };
+    let o = options(&[("workers", "1"), ("max_backpressure", "64MiB")]);
+    let server = Server::start(o, burst).unwrap();
+    let addr = server.local_addr();
+    let mut subs: Vec<_> = (0..2).map(|_| client(addr, "/sub")).collect();
+    for ws in &mut subs {
+        assert_eq!(ws.read().unwrap(), WsMessage::text("joined"));
+    }
+    // 16 MB in all: far more than loopback's socket buffers hold for the idle subscriber.
+    let text = |i: usize| {
+        format!(
+            "p:{i:05}:{}",
+            char::from(b'a' + (i % 26) as u8).to_string().repeat(8000)
+        )
+    };
+    const N: usize = 2000;
+    let mut wire = Vec::new();
+    for i in 0..N {
+        wire.extend_from_slice(&frame(true, 1, text(i).as_bytes(), true));
+    }
+    let mut publisher = raw_ws(addr, "/pub");
+    let mut idle = subs.pop().unwrap();
+    let mut reader = subs.pop().unwrap();
+    let reading = std::thread::spawn(move || {
+        for i in 0..N {
+            assert_eq!(reader.read().unwrap(), WsMessage::text(text(i)), "reader");
+        }
+    });
+    publisher.write_all(&wire).unwrap();
+    reading.join().unwrap();
+    let stats = server.handle().stats();
+    assert!(
+        stats.backpressure_queued >= 1,
+        "the idle subscriber's queue never filled: nothing was tested"
+    );
+    for i in 0..N {
+        assert_eq!(
+            idle.read().unwrap(),
+            WsMessage::text(text(i)),
+            "idle subscriber"
+        );
+    }
+    let stats = server.handle().stats();
+    assert_eq!(stats.messages_out, 2 + 2 * N as u64);
+    assert_eq!(stats.backpressure_dropped, 0);
+}
