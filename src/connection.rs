@@ -5,7 +5,7 @@
 //! is due. The host's handler is called from here, with a `Conn` to act on the connection.
 
 use std::any::Any;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -991,6 +991,53 @@ impl Core {
         if !self.recompress(frame, ctx) {
             ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
             self.out.push_copy(frame);
+            self.mark_dirty(ctx);
+        }
+    }
+
+    /// Frames of one connection from a polling thread's batch (counted in `queued`): written
+    /// at once in one vectored write when nothing is queued ahead of them; what the socket
+    /// does not take is copied into the queue.
+    pub fn send_prepared_batch(
+        &mut self,
+        frames: &[IoSlice<'_>],
+        ctx: &mut Ctx,
+        w: &mut impl Write,
+    ) {
+        if self.deflate.is_some() || !self.out.is_empty() || ctx.cork_slot == Some(self.id.slot()) {
+            for frame in frames {
+                self.send_prepared_copy(frame, ctx);
+            }
+            return;
+        }
+        ctx.stats
+            .messages_out
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        let mut written = loop {
+            match w.write_vectored(frames) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                Err(_) => {
+                    // Let the worker's flush see the error and remove the connection.
+                    let total: usize = frames.iter().map(|f| f.len()).sum();
+                    self.shared.queued.fetch_sub(total, Ordering::Relaxed);
+                    self.finish = Finish::Now;
+                    self.mark_dirty(ctx);
+                    return;
+                }
+            }
+        };
+        ctx.stats
+            .bytes_out
+            .fetch_add(written as u64, Ordering::Relaxed);
+        self.shared.queued.fetch_sub(written, Ordering::Relaxed);
+        for frame in frames {
+            let skip = written.min(frame.len());
+            written -= skip;
+            self.out.push_copy(&frame[skip..]);
+        }
+        if !self.out.is_empty() {
             self.mark_dirty(ctx);
         }
     }

@@ -344,7 +344,11 @@ impl EventQueue {
             self.signal.signal();
             st.signalled = true;
         }
-        match st.waiting {
+        // Notified after unlocking: a poller woken on this core would otherwise preempt us,
+        // find the lock held and sleep again (two more context switches per batch).
+        let waiting = st.waiting;
+        drop(st);
+        match waiting {
             0 => {}
             1 => self.ready.notify_one(),
             _ => self.ready.notify_all(),

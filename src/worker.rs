@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +14,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::connection::{Conn, ConnShared, ConnState, Core, Ctx, Finish};
-use crate::cork::CorkWatch;
+use crate::connection::{Conn, ConnShared, ConnState, Ctx, Finish};
+use crate::cork::{CorkWatch, SendBatch};
 use crate::frame::OpCode;
 use crate::handler::{ConnId, Handler, SendStatus};
 use crate::handshake::{self, RejectKind, Rejection};
@@ -33,6 +33,8 @@ const READ_BUF: usize = 64 * 1024;
 const READS_PER_TURN: usize = 16;
 /// Commands handled per loop iteration before looking at sockets again.
 const CMDS_PER_TURN: usize = 4096;
+/// Most frames of one connection handed to one `writev` when applying a send batch.
+const MAX_BATCH_IOV: usize = 64;
 const SLOT_LIMIT: usize = 1 << 24;
 
 struct Slot {
@@ -61,6 +63,8 @@ pub(crate) struct Worker {
     accept_backoff: Duration,
     shutdown: Option<ShutdownPlan>,
     scratch: Vec<ConnId>,
+    /// A send batch's frames as (connection, start, length), grouped by connection.
+    batch_order: Vec<(ConnId, usize, usize)>,
     /// Connections not read because `Handler::reading_paused` said so.
     paused: Vec<usize>,
     cork_watch: CorkWatch,
@@ -106,6 +110,7 @@ impl Worker {
             accept_backoff: Duration::from_millis(10),
             shutdown: None,
             scratch: Vec::new(),
+            batch_order: Vec::new(),
             paused: Vec::new(),
             cork_watch: CorkWatch::default(),
             events: Events::with_capacity(1024),
@@ -707,20 +712,12 @@ impl Worker {
                 self.insert(stream, peer, early);
             }
             Cmd::Send { id, frame } => {
-                if let Some(core) = Self::admitted(&mut self.conns, id, frame.len()) {
+                if let Some(slot) = Self::admitted(&mut self.conns, id, frame.len()) {
+                    let core = slot.state.core_mut();
                     core.send_prepared(Chunk::Owned(frame), &mut self.ctx);
                 }
             }
-            Cmd::SendBatch(batch) => {
-                let mut at = 0;
-                for (id, len) in batch.sends {
-                    let frame = &batch.frames[at..at + len];
-                    at += len;
-                    if let Some(core) = Self::admitted(&mut self.conns, id, len) {
-                        core.send_prepared_copy(frame, &mut self.ctx);
-                    }
-                }
-            }
+            Cmd::SendBatch(batch) => self.apply_batch(batch),
             Cmd::Ping { id, payload } => self.with_conn(id, |mut c| {
                 c.ping(&payload);
             }),
@@ -751,7 +748,8 @@ impl Worker {
                 payload,
             } => {
                 let len = header.len() + (*payload).as_ref().len();
-                if let Some(core) = Self::admitted(&mut self.conns, id, len) {
+                if let Some(slot) = Self::admitted(&mut self.conns, id, len) {
+                    let core = slot.state.core_mut();
                     self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
                     core.enqueue_frame(Chunk::Owned(header), &mut self.ctx);
                     core.enqueue_frame(Chunk::External(payload), &mut self.ctx);
@@ -764,17 +762,51 @@ impl Worker {
 
     /// The connection a cross-thread send of `len` admitted bytes is for, if still open;
     /// otherwise the bytes are given back to its backpressure count.
-    fn admitted(conns: &mut Slab<Slot>, id: ConnId, len: usize) -> Option<&mut Core> {
+    fn admitted(conns: &mut Slab<Slot>, id: ConnId, len: usize) -> Option<&mut Slot> {
         let slot = conns
             .get_mut(id.slot())
             .filter(|s| s.state.core().id == id)?;
-        let core = slot.state.core_mut();
+        let core = slot.state.core();
         if core.is_open() && core.shared.open.load(Ordering::Acquire) {
-            Some(core)
+            Some(slot)
         } else {
             core.shared.queued.fetch_sub(len, Ordering::Relaxed);
             None
         }
+    }
+
+    /// A polling thread's corked sends. Each connection's frames leave in one vectored write
+    /// straight from the batch when nothing is queued ahead of them, and only what the
+    /// socket does not take is copied into its queue: the batch is dropped here, never
+    /// pinned by a slow client's queue.
+    fn apply_batch(&mut self, batch: SendBatch) {
+        let mut order = std::mem::take(&mut self.batch_order);
+        let mut at = 0;
+        for &(id, len) in &batch.sends {
+            order.push((id, at, len));
+            at += len;
+        }
+        // Stable: each connection's frames keep their order.
+        order.sort_by_key(|&(id, ..)| id.slot());
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let total = group.iter().map(|&(_, _, len)| len).sum();
+            let Some(slot) = Self::admitted(&mut self.conns, group[0].0, total) else {
+                continue;
+            };
+            for frames in group.chunks(MAX_BATCH_IOV) {
+                let mut iov = [IoSlice::new(&[]); MAX_BATCH_IOV];
+                for (v, &(_, start, len)) in iov.iter_mut().zip(frames) {
+                    *v = IoSlice::new(&batch.frames[start..start + len]);
+                }
+                slot.state.core_mut().send_prepared_batch(
+                    &iov[..frames.len()],
+                    &mut self.ctx,
+                    &mut NoSigPipe(&slot.stream),
+                );
+            }
+        }
+        order.clear();
+        self.batch_order = order;
     }
 
     fn with_conn(&mut self, id: ConnId, f: impl FnOnce(Conn<'_>)) {
