@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cork::{self, BatchedFrame};
 use crate::deflate::{self, Deflater, InflateError, Inflater};
 use crate::frame::{self, OpCode};
 use crate::handler::{
@@ -20,7 +21,7 @@ use crate::handler::{
 use crate::handshake::{self, RejectKind, Rejection, Request, RequestReader, Route};
 use crate::message::{self, Decoder, Event};
 use crate::options::{BackpressurePolicy, ProxyProtocol};
-use crate::outbound::{Chunk, OutQueue};
+use crate::outbound::{Chunk, OutQueue, MAX_IOV};
 use crate::proxy_protocol::{self, ProxyHeader, ProxyReader};
 use crate::server::{Shared, WorkerStats};
 use crate::topics::Topics;
@@ -995,47 +996,66 @@ impl Core {
         }
     }
 
-    /// Frames of one connection from a polling thread's batch (counted in `queued`): written
-    /// at once in one vectored write when nothing is queued ahead of them; what the socket
-    /// does not take is copied into the queue.
+    /// One connection's frames from a polling thread's batch (`sends`, located in `frames`;
+    /// their bytes are counted in `queued`): written at once, frames lying back to back
+    /// joined into one iovec, when nothing is queued ahead of them. Only what the socket does
+    /// not take is copied into the queue.
     pub fn send_prepared_batch(
         &mut self,
-        frames: &[IoSlice<'_>],
+        frames: &[u8],
+        sends: &[BatchedFrame],
         ctx: &mut Ctx,
         w: &mut impl Write,
     ) {
         if self.deflate.is_some() || !self.out.is_empty() || ctx.cork_slot == Some(self.id.slot()) {
-            for frame in frames {
-                self.send_prepared_copy(frame, ctx);
+            for f in sends {
+                self.send_prepared_copy(&frames[f.start..f.start + f.len], ctx);
             }
             return;
         }
         ctx.stats
             .messages_out
-            .fetch_add(frames.len() as u64, Ordering::Relaxed);
-        let mut written = loop {
-            match w.write_vectored(frames) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-                Err(_) => {
-                    // Let the worker's flush see the error and remove the connection.
-                    let total: usize = frames.iter().map(|f| f.len()).sum();
-                    self.shared.queued.fetch_sub(total, Ordering::Relaxed);
-                    self.finish = Finish::Now;
-                    self.mark_dirty(ctx);
-                    return;
+            .fetch_add(sends.len() as u64, Ordering::Relaxed);
+        let mut spans = cork::spans(frames, sends).peekable();
+        let mut written = 0;
+        'writing: while spans.peek().is_some() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let (mut n, mut offered) = (0, 0);
+            for (v, span) in iov.iter_mut().zip(spans.by_ref()) {
+                *v = IoSlice::new(span);
+                n += 1;
+                offered += span.len();
+            }
+            loop {
+                match w.write_vectored(&iov[..n]) {
+                    Ok(k) => {
+                        written += k;
+                        if k < offered {
+                            break 'writing;
+                        }
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 'writing,
+                    Err(_) => {
+                        // Let the worker's flush see the error and remove the connection.
+                        let total: usize = sends.iter().map(|f| f.len).sum();
+                        self.shared.queued.fetch_sub(total, Ordering::Relaxed);
+                        self.finish = Finish::Now;
+                        self.mark_dirty(ctx);
+                        return;
+                    }
                 }
             }
-        };
+        }
         ctx.stats
             .bytes_out
             .fetch_add(written as u64, Ordering::Relaxed);
         self.shared.queued.fetch_sub(written, Ordering::Relaxed);
-        for frame in frames {
-            let skip = written.min(frame.len());
+        for span in cork::spans(frames, sends) {
+            let skip = written.min(span.len());
             written -= skip;
-            self.out.push_copy(&frame[skip..]);
+            self.out.push_copy(&span[skip..]);
         }
         if !self.out.is_empty() {
             self.mark_dirty(ctx);

@@ -198,17 +198,45 @@ impl WakeState {
 #[derive(Default)]
 pub(crate) struct SendBatch {
     pub frames: Vec<u8>,
-    /// Each message's connection and frame length, in order.
-    pub sends: Vec<(ConnId, usize)>,
+    /// Each message, in the order sent.
+    pub sends: Vec<BatchedFrame>,
+}
+
+/// One message of a batch: its connection and where its frame lies in `frames`.
+#[derive(Clone, Copy)]
+pub(crate) struct BatchedFrame {
+    pub id: ConnId,
+    pub start: usize,
+    pub len: usize,
 }
 
 impl SendBatch {
     pub fn push(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) {
+        let start = self.frames.len();
         let len = frame::append_frame(&mut self.frames, true, false, opcode, payload);
-        self.sends.push((id, len));
+        self.sends.push(BatchedFrame { id, start, len });
     }
 
     pub fn is_empty(&self) -> bool {
         self.sends.is_empty()
     }
+}
+
+/// The bytes of `sends` (frames in `frames`), as spans that join the frames lying back to
+/// back: a host that answers one connection's messages together makes one span of them.
+pub(crate) fn spans<'a>(
+    frames: &'a [u8],
+    sends: &'a [BatchedFrame],
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = sends.get(i)?;
+        let (start, mut end) = (first.start, first.start + first.len);
+        i += 1;
+        while let Some(next) = sends.get(i).filter(|f| f.start == end) {
+            end += next.len;
+            i += 1;
+        }
+        Some(&frames[start..end])
+    })
 }

@@ -36,7 +36,7 @@ const SMALL_FRAME: usize = 512;
 const TAIL_MAX: usize = 16 * 1024;
 
 /// Most chunks handed to one `writev` (Linux IOV_MAX is 1024).
-const MAX_IOV: usize = 64;
+pub(crate) const MAX_IOV: usize = 64;
 
 impl OutQueue {
     pub fn is_empty(&self) -> bool {

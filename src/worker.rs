@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,8 +33,6 @@ const READ_BUF: usize = 64 * 1024;
 const READS_PER_TURN: usize = 16;
 /// Commands handled per loop iteration before looking at sockets again.
 const CMDS_PER_TURN: usize = 4096;
-/// Most frames of one connection handed to one `writev` when applying a send batch.
-const MAX_BATCH_IOV: usize = 64;
 const SLOT_LIMIT: usize = 1 << 24;
 
 struct Slot {
@@ -63,8 +61,6 @@ pub(crate) struct Worker {
     accept_backoff: Duration,
     shutdown: Option<ShutdownPlan>,
     scratch: Vec<ConnId>,
-    /// A send batch's frames as (connection, start, length), grouped by connection.
-    batch_order: Vec<(ConnId, usize, usize)>,
     /// Connections not read because `Handler::reading_paused` said so.
     paused: Vec<usize>,
     cork_watch: CorkWatch,
@@ -110,7 +106,6 @@ impl Worker {
             accept_backoff: Duration::from_millis(10),
             shutdown: None,
             scratch: Vec::new(),
-            batch_order: Vec::new(),
             paused: Vec::new(),
             cork_watch: CorkWatch::default(),
             events: Events::with_capacity(1024),
@@ -775,38 +770,23 @@ impl Worker {
         }
     }
 
-    /// A polling thread's corked sends. Each connection's frames leave in one vectored write
-    /// straight from the batch when nothing is queued ahead of them, and only what the
-    /// socket does not take is copied into its queue: the batch is dropped here, never
-    /// pinned by a slow client's queue.
-    fn apply_batch(&mut self, batch: SendBatch) {
-        let mut order = std::mem::take(&mut self.batch_order);
-        let mut at = 0;
-        for &(id, len) in &batch.sends {
-            order.push((id, at, len));
-            at += len;
-        }
-        // Stable: each connection's frames keep their order.
-        order.sort_by_key(|&(id, ..)| id.slot());
-        for group in order.chunk_by(|a, b| a.0 == b.0) {
-            let total = group.iter().map(|&(_, _, len)| len).sum();
-            let Some(slot) = Self::admitted(&mut self.conns, group[0].0, total) else {
+    /// A polling thread's corked sends, each connection's frames handed over together (see
+    /// `Core::send_prepared_batch`). The batch is dropped here, never pinned by a queue.
+    fn apply_batch(&mut self, mut batch: SendBatch) {
+        // Each connection's frames together, in the order sent (starts are unique).
+        batch.sends.sort_unstable_by_key(|f| (f.id.slot(), f.start));
+        for group in batch.sends.chunk_by(|a, b| a.id == b.id) {
+            let total = group.iter().map(|f| f.len).sum();
+            let Some(slot) = Self::admitted(&mut self.conns, group[0].id, total) else {
                 continue;
             };
-            for frames in group.chunks(MAX_BATCH_IOV) {
-                let mut iov = [IoSlice::new(&[]); MAX_BATCH_IOV];
-                for (v, &(_, start, len)) in iov.iter_mut().zip(frames) {
-                    *v = IoSlice::new(&batch.frames[start..start + len]);
-                }
-                slot.state.core_mut().send_prepared_batch(
-                    &iov[..frames.len()],
-                    &mut self.ctx,
-                    &mut NoSigPipe(&slot.stream),
-                );
-            }
+            slot.state.core_mut().send_prepared_batch(
+                &batch.frames,
+                group,
+                &mut self.ctx,
+                &mut NoSigPipe(&slot.stream),
+            );
         }
-        order.clear();
-        self.batch_order = order;
     }
 
     fn with_conn(&mut self, id: ConnId, f: impl FnOnce(Conn<'_>)) {

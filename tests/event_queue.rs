@@ -202,13 +202,21 @@ fn corked_sends_beyond_the_socket_buffers_arrive_whole_and_in_order() {
         QueuedEvent::Open(open) => Some(open.id),
         _ => None,
     });
-    // Rounds of corked batches, the two connections' messages interleaved in each: 12 MiB
-    // per connection in all, far more than loopback's socket buffers take while the clients
-    // do not read. So one batch's vectored write stops part way, and the rest is queued.
-    let payload = |i: usize, c: usize| vec![(i * 2 + c) as u8; 64 * 1024 - i];
-    const ROUNDS: usize = 12;
-    const PER_ROUND: usize = 16;
-    for round in 0..ROUNDS {
+    // Rounds of corked batches, the two connections' messages interleaved in each. First
+    // 100 small messages (more frames apart than one vectored write takes), then 12 rounds
+    // of 16 large ones: 12 MiB per connection, far more than loopback's socket buffers take
+    // while the clients do not read. So one batch's write stops part way, and the rest is
+    // queued.
+    const SMALL: usize = 100;
+    let payload = |i: usize, c: usize| {
+        let len = if i < SMALL { i + 1 } else { 64 * 1024 - i };
+        vec![(i * 2 + c) as u8; len]
+    };
+    let rounds: Vec<_> = std::iter::once(0..SMALL)
+        .chain((0..12).map(|r| SMALL + r * 16..SMALL + (r + 1) * 16))
+        .collect();
+    let n = rounds.last().unwrap().end;
+    for round in rounds {
         for s in &mut clients {
             s.write_all(&frame(true, 1, b"more", true)).unwrap();
         }
@@ -217,7 +225,7 @@ fn corked_sends_beyond_the_socket_buffers_arrive_whole_and_in_order() {
             QueuedEvent::Message { .. } => Some(()),
             _ => None,
         });
-        for i in round * PER_ROUND..(round + 1) * PER_ROUND {
+        for i in round {
             for (c, id) in ids.iter().enumerate() {
                 let status = h.send_binary(*id, &payload(i, c));
                 assert!(
@@ -234,7 +242,7 @@ fn corked_sends_beyond_the_socket_buffers_arrive_whole_and_in_order() {
         "ends the last cork"
     );
     for (c, s) in clients.iter_mut().enumerate() {
-        for i in 0..ROUNDS * PER_ROUND {
+        for i in 0..n {
             assert_eq!(
                 read_frame(s),
                 (true, 2, payload(i, c)),
@@ -247,7 +255,7 @@ fn corked_sends_beyond_the_socket_buffers_arrive_whole_and_in_order() {
         stats.backpressure_queued >= 1,
         "no write blocked: the queued path was not tested"
     );
-    assert_eq!(stats.messages_out, (2 * ROUNDS * PER_ROUND) as u64);
+    assert_eq!(stats.messages_out, 2 * n as u64);
     assert_eq!(stats.backpressure_dropped, 0);
 }
 
