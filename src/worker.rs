@@ -60,6 +60,7 @@ pub(crate) struct Worker {
     accept_paused_until: Option<Instant>,
     accept_backoff: Duration,
     shutdown: Option<ShutdownPlan>,
+    /// Connection ids for one job at a time (a fan-out audience, a send batch's runs).
     scratch: Vec<ConnId>,
     /// Connections not read because `Handler::reading_paused` said so.
     paused: Vec<usize>,
@@ -773,8 +774,16 @@ impl Worker {
     /// A polling thread's corked sends, each connection's frames handed over together (see
     /// `Core::send_prepared_batch`). The batch is dropped here, never pinned by a queue.
     fn apply_batch(&mut self, mut batch: SendBatch) {
-        // Each connection's frames together, in the order sent (starts are unique).
-        batch.sends.sort_unstable_by_key(|f| (f.id.slot(), f.start));
+        // Each connection's frames together, in the order sent (starts are unique). They
+        // usually are already (a host answers events in the order they came, and a turn
+        // reads a connection's messages together): then only its runs are sorted, to check.
+        self.scratch.clear();
+        let runs = batch.sends.chunk_by(|a, b| a.id == b.id);
+        self.scratch.extend(runs.map(|run| run[0].id));
+        self.scratch.sort_unstable();
+        if self.scratch.windows(2).any(|w| w[0] == w[1]) {
+            batch.sends.sort_unstable_by_key(|f| (f.id.slot(), f.start));
+        }
         for group in batch.sends.chunk_by(|a, b| a.id == b.id) {
             let total = group.iter().map(|f| f.len).sum();
             let Some(slot) = Self::admitted(&mut self.conns, group[0].id, total) else {
