@@ -6,7 +6,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -100,8 +100,11 @@ impl QueuedEvent {
 struct State {
     events: VecDeque<QueuedEvent>,
     waiting: usize,
-    /// The event fd has been made readable since it was last cleared.
+    /// The event fd has been made readable (or is about to be) since it was last cleared.
     signalled: bool,
+    /// The fd was cleared while a signal was still on its way: it may turn readable with
+    /// nothing queued, so pollers that find the queue empty clear it again.
+    stale_signal: bool,
     /// The server has stopped: no event follows the ones queued.
     stopped: bool,
     /// Inline mode: a poller is running the worker's loop; the others wait for it.
@@ -129,6 +132,9 @@ pub struct EventQueue {
     /// Someone asked for the event fd: keep it readable while events are pending (two
     /// syscalls per batch otherwise saved).
     fd_used: AtomicBool,
+    /// Signals decided under the lock and not yet written (`announce` writes after
+    /// unlocking).
+    signalling: AtomicUsize,
     handle: OnceLock<ServerHandle>,
 }
 
@@ -141,6 +147,7 @@ impl EventQueue {
                 events: VecDeque::new(),
                 waiting: 0,
                 signalled: false,
+                stale_signal: false,
                 stopped: false,
                 driving: false,
                 spare: Vec::new(),
@@ -153,6 +160,7 @@ impl EventQueue {
             unannounced: AtomicBool::new(false),
             signal: EventFd::new()?,
             fd_used: AtomicBool::new(false),
+            signalling: AtomicUsize::new(0),
             handle: OnceLock::new(),
         }))
     }
@@ -216,6 +224,9 @@ impl EventQueue {
         let mut drove = false;
         let mut st = self.lock();
         while st.events.is_empty() {
+            if st.stale_signal {
+                self.clear_signal(&mut st);
+            }
             if st.stopped {
                 return 0;
             }
@@ -255,8 +266,7 @@ impl EventQueue {
         let n = max.min(st.events.len());
         out.extend(st.events.drain(..n));
         if st.events.is_empty() && st.signalled {
-            self.signal.clear();
-            st.signalled = false;
+            self.clear_signal(&mut st);
         }
         let resume = st.events.len() <= self.capacity / 2 && self.paused.load(Ordering::Acquire);
         drop(st);
@@ -322,6 +332,17 @@ impl EventQueue {
         events.clear();
     }
 
+    /// Make the event fd unreadable (the queue is empty). A signal decided but not yet
+    /// written would make it readable again with nothing queued: then the next pollers to
+    /// find the queue empty clear it too, until no signal is on its way.
+    fn clear_signal(&self, st: &mut State) {
+        // Counted before clearing: a signal that finished after this load was written after
+        // it, so it may land after the clear.
+        st.stale_signal = self.signalling.load(Ordering::SeqCst) > 0;
+        self.signal.clear();
+        st.signalled = false;
+    }
+
     /// Every worker has stopped: wake the pollers, and answer every later poll at once.
     fn stopped(&self) {
         self.announce();
@@ -336,25 +357,49 @@ impl EventQueue {
         if !self.unannounced.swap(false, Ordering::Relaxed) {
             return false;
         }
+        if let Some(wake) = self.decide_wake() {
+            self.wake(wake);
+        }
+        true
+    }
+
+    /// Under the lock: whom `announce` must wake once it is released (None: the events
+    /// were taken already).
+    fn decide_wake(&self) -> Option<Wake> {
         let mut st = self.lock();
         if st.events.is_empty() {
-            return true;
+            return None;
         }
-        if !st.signalled && self.fd_used.load(Ordering::Relaxed) {
-            self.signal.signal();
+        let signal = !st.signalled && self.fd_used.load(Ordering::Relaxed);
+        if signal {
             st.signalled = true;
+            self.signalling.fetch_add(1, Ordering::SeqCst);
         }
-        // Notified after unlocking: a poller woken on this core would otherwise preempt us,
-        // find the lock held and sleep again (two more context switches per batch).
-        let waiting = st.waiting;
-        drop(st);
-        match waiting {
+        Some(Wake {
+            signal,
+            waiting: st.waiting,
+        })
+    }
+
+    /// After unlocking: a poller woken on this core would otherwise preempt us, find the
+    /// lock held and sleep again (two more context switches per batch).
+    fn wake(&self, wake: Wake) {
+        if wake.signal {
+            self.signal.signal();
+            self.signalling.fetch_sub(1, Ordering::SeqCst);
+        }
+        match wake.waiting {
             0 => {}
             1 => self.ready.notify_one(),
             _ => self.ready.notify_all(),
         }
-        true
     }
+}
+
+/// What an announcement wakes: the event fd, and how many waiting pollers.
+struct Wake {
+    signal: bool,
+    waiting: usize,
 }
 
 /// Inline mode: the mark of the poller running the loop, taken off when it returns (or
@@ -437,5 +482,49 @@ impl Handler for QueueHandler {
 
     fn on_stopped(&self) {
         self.0.stopped();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(fd: std::os::fd::RawFd) -> bool {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut source = mio::unix::SourceFd(&fd);
+        poll.registry()
+            .register(&mut source, mio::Token(0), mio::Interest::READABLE)
+            .unwrap();
+        let mut events = mio::Events::with_capacity(1);
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        !events.is_empty()
+    }
+
+    #[test]
+    fn a_signal_that_lands_after_the_fd_was_cleared_is_cleared_by_the_next_poll() {
+        let q = EventQueue::new(10, false).unwrap();
+        let fd = q.fd();
+        q.push(QueuedEvent::Drain {
+            id: ConnId::new(0, 1, 1),
+        });
+        // The worker decides to signal, and is preempted before writing it...
+        let wake = q.decide_wake().expect("an event is queued");
+        assert!(wake.signal);
+        // ...while a poller takes the event and clears the fd.
+        let mut out = Vec::new();
+        assert_eq!(q.poll(&mut out, 10, Some(Duration::ZERO)), 1);
+        q.wake(wake);
+        assert!(readable(fd), "the late signal made the fd readable");
+        // The host wakes for it: the poll that finds nothing clears it, or it would spin.
+        assert_eq!(q.poll(&mut out, 10, Some(Duration::ZERO)), 0);
+        assert!(!readable(fd), "readable with nothing queued");
+        // And the next event signals as usual.
+        q.push(QueuedEvent::Drain {
+            id: ConnId::new(0, 1, 1),
+        });
+        assert!(q.announce());
+        assert!(readable(fd));
+        assert_eq!(q.poll(&mut out, 10, Some(Duration::ZERO)), 1);
+        assert!(!readable(fd));
     }
 }
