@@ -322,7 +322,8 @@ const wsrt_event *wsrt_batch_get(const wsrt_batch *batch, size_t i);
 
 // A file descriptor that is readable while events are pending (level-triggered), for
 // epoll, libuv's `uv_poll_t` or any loop: when readable, call `wsrt_poll` with timeout 0
-// until it returns 0. Never read, write or close it. Valid until `wsrt_server_free`.
+// until it returns 0 (rarely, a wake-up finds nothing: that poll returns 0 and makes the
+// fd unreadable again). Never read, write or close it. Valid until `wsrt_server_free`.
 // `WSRT_ERR_MODE` for callback and `WSRT_FLAG_POLL_INLINE` servers (whose events are made
 // inside `wsrt_poll`).
 //

@@ -175,7 +175,8 @@ impl EventQueue {
         let _ = self.handle.set(handle);
     }
 
-    /// Readable while events are pending (level-triggered); never read or write it yourself.
+    /// Readable while events are pending (level-triggered; rarely also just after they were
+    /// taken, until the next `poll` finds the queue empty); never read or write it yourself.
     /// Not for inline servers (`Server::start_inline`): their events are made inside `poll`.
     pub fn fd(&self) -> std::os::fd::RawFd {
         if !self.fd_used.swap(true, Ordering::SeqCst) {
