@@ -114,14 +114,27 @@ impl EventFd {
     }
 }
 
-/// A socket writer that never raises SIGPIPE: std's `write` sends with MSG_NOSIGNAL, but
-/// its `write_vectored` is a plain `writev`, which would kill a host that has not blocked
-/// or ignored SIGPIPE (an inline server runs on the host's own thread) when a client is gone.
+/// A socket writer that never raises SIGPIPE: std's `write_vectored` is a plain `writev`,
+/// which would kill a host that has not blocked or ignored SIGPIPE (an inline server runs on
+/// the host's own thread) when a client is gone. Both writes here pass MSG_NOSIGNAL.
 pub struct NoSigPipe<'a, S: std::os::fd::AsRawFd>(pub &'a S);
 
 impl<S: std::os::fd::AsRawFd> io::Write for NoSigPipe<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[io::IoSlice::new(buf)])
+        // `send`, not a one-iovec `sendmsg`: no message header or iovec to copy in.
+        // SAFETY: `buf` is live and borrowed for the call; the fd is borrowed and open.
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
