@@ -358,8 +358,7 @@ fn deferred_upgrades(args: &[&str]) {
     assert_eq!(body, "token required\n");
     let (status, _, _) = http(addr, &upgrade_request("/app", ""));
     assert_eq!(status, 403);
-    let (mut ws, resp) =
-        tungstenite::connect(format!("ws://{addr}/app?token=ok")).expect("accepted upgrade");
+    let (mut ws, resp) = connect(format!("ws://{addr}/app?token=ok"));
     assert_eq!(resp.status(), 101);
     assert_eq!(
         resp.headers()

@@ -427,15 +427,12 @@ fn jvm_upgrades_and_echo(addr: SocketAddr, name: &'static str) {
         .unwrap();
         req.headers_mut()
             .insert("X-Token", "secret".parse().unwrap());
-        let (ws, resp) = tungstenite::connect(req).expect("upgrade with the token");
+        let (ws, resp) = connect(req);
         assert_eq!(
             resp.headers().get("x-host").map(|v| v.to_str().unwrap()),
             Some(name),
             "the 101 carries the header the host added: {resp:?}"
         );
-        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-            s.set_read_timeout(Some(WAIT)).unwrap();
-        }
         echo_on(ws, path);
     };
     let a = std::thread::spawn(move || open("/jvm-a"));

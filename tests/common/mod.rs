@@ -275,16 +275,56 @@ pub fn assert_eof(s: &mut TcpStream) {
     }
 }
 
-pub type Client = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+pub type Client = tungstenite::WebSocket<Retrying>;
 
-/// An independent client (tungstenite).
+/// An independent client (tungstenite) connected to `addr` with a `WAIT` read timeout.
 pub fn client(addr: SocketAddr, path: &str) -> Client {
-    let (ws, _resp) =
-        tungstenite::connect(format!("ws://{addr}{path}")).expect("tungstenite connects");
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(WAIT)).unwrap();
+    connect(format!("ws://{addr}{path}")).0
+}
+
+/// `client` for a request of the test's own (headers), with the server's 101 response.
+pub fn connect(
+    req: impl tungstenite::client::IntoClientRequest,
+) -> (Client, tungstenite::handshake::client::Response) {
+    let req = req.into_client_request().expect("a client request");
+    // An IPv6 host comes bracketed ("[::1]").
+    let host = req.uri().host().unwrap().trim_start_matches('[');
+    let host = host.trim_end_matches(']');
+    let port = req.uri().port_u16().unwrap_or(80);
+    let s = TcpStream::connect((host, port)).expect("connects");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    tungstenite::client(req, Retrying(s)).expect("tungstenite upgrades")
+}
+
+/// The client's socket, retrying calls that come back interrupted (as `read_exact` does):
+/// with a read timeout set, Linux fails a blocked `recv` with EINTR when the process is
+/// stopped and continued (a frozen cgroup, a debugger), even without a signal handler.
+pub struct Retrying(pub TcpStream);
+
+impl Read for Retrying {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
     }
-    ws
+}
+
+impl Write for Retrying {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 pub fn shared<T>(v: T) -> Arc<Mutex<T>> {
