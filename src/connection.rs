@@ -1018,7 +1018,11 @@ impl Core {
             .fetch_add(sends.len() as u64, Ordering::Relaxed);
         let mut spans = cork::spans(frames, sends).peekable();
         let mut written = 0;
-        'writing: while spans.peek().is_some() {
+        // Whether the socket took everything.
+        let complete = 'writing: loop {
+            if spans.peek().is_none() {
+                break true;
+            }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let (mut n, mut offered) = (0, 0);
             for (v, span) in iov.iter_mut().zip(spans.by_ref()) {
@@ -1031,12 +1035,12 @@ impl Core {
                     Ok(k) => {
                         written += k;
                         if k < offered {
-                            break 'writing;
+                            break 'writing false;
                         }
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 'writing,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 'writing false,
                     Err(_) => {
                         // Let the worker's flush see the error and remove the connection.
                         let total: usize = sends.iter().map(|f| f.len).sum();
@@ -1047,17 +1051,17 @@ impl Core {
                     }
                 }
             }
-        }
+        };
         ctx.stats
             .bytes_out
             .fetch_add(written as u64, Ordering::Relaxed);
         self.shared.queued.fetch_sub(written, Ordering::Relaxed);
-        for span in cork::spans(frames, sends) {
-            let skip = written.min(span.len());
-            written -= skip;
-            self.out.push_copy(&span[skip..]);
-        }
-        if !self.out.is_empty() {
+        if !complete {
+            for span in cork::spans(frames, sends) {
+                let skip = written.min(span.len());
+                written -= skip;
+                self.out.push_copy(&span[skip..]);
+            }
             self.mark_dirty(ctx);
         }
     }
