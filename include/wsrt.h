@@ -189,6 +189,9 @@ typedef struct {
   uint64_t protocol_errors;
   // Refused handshakes, all reasons (see `wsrt_stats_rejected` for one reason).
   uint64_t rejected;
+  // Fan-out writes to idle connections made through io_uring, in batches (0 where the
+  // `io_uring` option is off or the kernel refuses io_uring).
+  uint64_t batched_writes;
 } wsrt_stats;
 
 

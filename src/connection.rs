@@ -1127,15 +1127,24 @@ impl Core {
         ctx: &mut Ctx,
         w: &mut impl Write,
     ) {
-        let compresses = self.deflate.as_ref().is_some_and(|d| d.params.compresses());
-        let idle = self.out.is_empty() && self.shared.queued.load(Ordering::Relaxed) == 0;
-        if frames.len() > 1 && idle && !compresses && self.takes_messages() {
+        if frames.len() > 1 && self.takes_shared_write(ctx) {
             self.enqueue_shared(joined, frames.len() as u64, ctx, w);
             return;
         }
         for (frame, cache) in frames.iter().zip(caches) {
             self.send_shared(frame, cache, ctx, w);
         }
+    }
+
+    /// Whether shared frames go to this connection as they are, in one write now: it takes
+    /// messages, doesn't compress, and has nothing queued or corked ahead of them. Such a
+    /// write may be made by the caller (`begin_shared_write`, then `end_shared_write`).
+    pub fn takes_shared_write(&self, ctx: &Ctx) -> bool {
+        self.takes_messages()
+            && !self.deflate.as_ref().is_some_and(|d| d.params.compresses())
+            && self.out.is_empty()
+            && self.shared.queued.load(Ordering::Relaxed) == 0
+            && ctx.cork_slot != Some(self.id.slot())
     }
 
     /// Send a frame shared by a publish or broadcast. Connections that compress without
@@ -1201,49 +1210,64 @@ impl Core {
         ctx: &mut Ctx,
         w: &mut impl Write,
     ) -> SendStatus {
-        if !self.admit(frame.len(), ctx) {
+        if !self.begin_shared_write(frame.len(), messages, ctx) {
             return SendStatus::Dropped;
+        }
+        let written = if self.out.is_empty() && ctx.cork_slot != Some(self.id.slot()) {
+            write_some(w, frame)
+        } else {
+            Ok(0)
+        };
+        self.end_shared_write(frame, written, ctx)
+    }
+
+    /// Admit a shared write of `len` bytes holding `messages` and count them sent; false
+    /// if the backpressure policy dropped it.
+    pub fn begin_shared_write(&mut self, len: usize, messages: u64, ctx: &mut Ctx) -> bool {
+        if !self.admit(len, ctx) {
+            return false;
         }
         ctx.stats
             .messages_out
             .fetch_add(messages, Ordering::Relaxed);
-        let mut written = 0;
-        if self.out.is_empty() && ctx.cork_slot != Some(self.id.slot()) {
-            loop {
-                match w.write(&frame[written..]) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        written += n;
-                        if written == frame.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        // Let the worker's flush see the error and remove the connection.
-                        self.finish = Finish::Now;
-                        self.mark_dirty(ctx);
-                        return SendStatus::Gone;
-                    }
-                }
+        true
+    }
+
+    /// After writing the start of a shared `frame` straight to the socket (`written`, or
+    /// the write's error): queue what the socket did not take.
+    pub fn end_shared_write(
+        &mut self,
+        frame: &Arc<[u8]>,
+        written: io::Result<usize>,
+        ctx: &mut Ctx,
+    ) -> SendStatus {
+        let written = match written {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
             }
-            ctx.stats
-                .bytes_out
-                .fetch_add(written as u64, Ordering::Relaxed);
-            if written == frame.len() {
-                return if self.blocked {
-                    SendStatus::Queued
-                } else {
-                    SendStatus::Sent
-                };
+            Err(_) => {
+                // Let the worker's flush see the error and remove the connection.
+                self.finish = Finish::Now;
+                self.mark_dirty(ctx);
+                return SendStatus::Gone;
             }
+        };
+        ctx.stats
+            .bytes_out
+            .fetch_add(written as u64, Ordering::Relaxed);
+        if written < frame.len() {
+            self.shared
+                .queued
+                .fetch_add(frame.len() - written, Ordering::Relaxed);
+            self.out.push_partial(Chunk::Shared(frame.clone()), written);
+            self.mark_dirty(ctx);
         }
-        self.shared
-            .queued
-            .fetch_add(frame.len() - written, Ordering::Relaxed);
-        self.out.push_partial(Chunk::Shared(frame.clone()), written);
-        self.mark_dirty(ctx);
         if self.blocked {
             SendStatus::Queued
         } else {
@@ -1311,6 +1335,22 @@ impl Core {
     fn takes_messages(&self) -> bool {
         self.opened && !self.close_sent
     }
+}
+
+/// Write as much of `buf` as the socket takes now: the bytes taken (a full socket stops the
+/// write, not an error), or the error that ended it.
+fn write_some(w: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < buf.len() {
+        match w.write(&buf[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 /// One shared frame compressed once per window size, for the connections that compress

@@ -56,8 +56,12 @@ mod worker;
 /// The C ABI (`include/wsrt.h`); the only other place with `unsafe`.
 pub mod ffi;
 
-/// OS calls ws-echo and hosts need (signals, fd limit); the only `unsafe` outside the C ABI.
+/// OS calls ws-echo and hosts need (signals, fd limit); with `send_ring`, the only `unsafe`
+/// outside the C ABI.
 pub mod os;
+
+/// Fan-out writes batched through io_uring (Linux).
+mod send_ring;
 
 pub use connection::Conn;
 pub use handler::{

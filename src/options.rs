@@ -56,6 +56,8 @@ pub struct Options {
     pub max_queued_events: usize,
     pub forwarded_header: ForwardedHeader,
     pub compression: bool,
+    /// Fan-out writes batched through io_uring where the kernel allows it.
+    pub io_uring: bool,
     pub compression_level: u32,
     pub compression_window_bits: u8,
     /// (server, client)
@@ -381,14 +383,10 @@ pub static OPTIONS: &[OptionSpec] = &[
         default: "off",
         doc: "permessage-deflate (RFC 7692): `on` accepts it when the client offers it.",
         set: |o, v| {
-            o.compression = match v.trim().to_ascii_lowercase().as_str() {
-                "off" | "false" | "0" => false,
-                "on" | "true" | "1" => true,
-                _ => return Err(format!("expected `off` or `on`, got {v:?}")),
-            };
+            o.compression = parse_on_off(v)?;
             Ok(())
         },
-        get: |o| if o.compression { "on".into() } else { "off".into() },
+        get: |o| fmt_on_off(o.compression),
     },
     OptionSpec {
         name: "compression_level",
@@ -446,6 +444,17 @@ pub static OPTIONS: &[OptionSpec] = &[
             Ok(())
         },
         get: |o| fmt_size(o.compression_threshold),
+    },
+    OptionSpec {
+        name: "io_uring",
+        kind: "off|on",
+        default: "on",
+        doc: "Linux: a worker thread writes a publish or broadcast to its idle subscribers in batches through io_uring (a few syscalls instead of one per subscriber). Where the kernel or a seccomp profile refuses io_uring, and in inline poll mode (the loop runs on the host's threads), each gets its own `send`, as with `off`.",
+        set: |o, v| {
+            o.io_uring = parse_on_off(v)?;
+            Ok(())
+        },
+        get: |o| fmt_on_off(o.io_uring),
     },
     OptionSpec {
         name: "max_queued_events",
@@ -553,6 +562,7 @@ impl Default for Options {
             max_queued_events: 0,
             forwarded_header: ForwardedHeader::Auto,
             compression: false,
+            io_uring: true,
             compression_level: 0,
             compression_window_bits: 15,
             compression_no_context_takeover: (false, false),
@@ -682,6 +692,18 @@ fn parse_list(v: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
+}
+
+fn parse_on_off(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "off" | "false" | "0" => Ok(false),
+        "on" | "true" | "1" => Ok(true),
+        _ => Err(format!("expected `off` or `on`, got {v:?}")),
+    }
+}
+
+fn fmt_on_off(on: bool) -> String {
+    if on { "on" } else { "off" }.into()
 }
 
 fn parse_int(v: &str, min: u64, max: u64) -> Result<u64, String> {

@@ -1,5 +1,6 @@
 //! The few things wsrt asks the OS for directly: signal waiting, the fd limit, the listen
-//! queue, an eventfd, and writes that never raise SIGPIPE.
+//! queue, an eventfd, and writes that never raise SIGPIPE (batched writes through io_uring
+//! are in `send_ring`).
 //! Every `unsafe` block here wraps one libc call.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -78,6 +79,17 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// Whether a server's fan-out writes can go through io_uring here (the `io_uring` option):
+/// the kernel allows it (no seccomp filter or sysctl forbids it) and completes a send to a
+/// full socket at once. When false, each subscriber gets its own `send`.
+pub fn io_uring_usable() -> bool {
+    // Probed on a thread of its own: closing a ring interrupts the blocking calls of the
+    // threads that submitted to it (see `Worker::run`).
+    std::thread::spawn(|| crate::send_ring::SendRing::new().is_some())
+        .join()
+        .unwrap_or(false)
 }
 
 /// A Linux eventfd used as a level signal: readable while `signal` has been called more

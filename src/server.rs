@@ -126,6 +126,7 @@ pub(crate) struct WorkerStats {
     pub backpressure_dropped: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub rejected: [AtomicU64; RejectKind::ALL.len()],
+    pub batched_writes: AtomicU64,
 }
 
 impl WorkerStats {
@@ -157,6 +158,9 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Refused handshakes by reason (`missing_upgrade`, `origin_not_allowed`, ...).
     pub rejected: Vec<(&'static str, u64)>,
+    /// Fan-out writes to idle connections made through io_uring, in batches (0 where
+    /// io_uring is off or unavailable: see the `io_uring` option).
+    pub batched_writes: u64,
 }
 
 impl Stats {
@@ -885,6 +889,7 @@ impl ServerHandle {
             s.bytes_out += get(&st.bytes_out);
             s.backpressure_queued += get(&st.backpressure_queued);
             s.backpressure_dropped += get(&st.backpressure_dropped);
+            s.batched_writes += get(&st.batched_writes);
             s.protocol_errors += get(&st.protocol_errors);
             for (i, r) in st.rejected.iter().enumerate() {
                 s.rejected[i].1 += get(r);

@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use crate::handler::{ConnId, Handler, SendStatus};
 use crate::handshake::{self, RejectKind, Rejection};
 use crate::os::NoSigPipe;
 use crate::outbound::Chunk;
+use crate::send_ring::SendRing;
 use crate::server::{shutdown_deadline, Cmd, Shared, WorkerStats};
 use crate::topics::Topics;
 
@@ -64,6 +66,10 @@ pub(crate) struct Worker {
     scratch: Vec<ConnId>,
     /// Connections not read because `Handler::reading_paused` said so.
     paused: Vec<usize>,
+    /// Fan-out writes to idle connections, batched (None: one `send` each; see `run`).
+    send_ring: Option<SendRing>,
+    /// A fan-out's idle audience for `send_ring`: slot and socket.
+    ring_audience: Vec<(usize, RawFd)>,
     cork_watch: CorkWatch,
     events: Events,
     /// Of `events`, the first not handled yet (0: all were; poll again).
@@ -108,6 +114,8 @@ impl Worker {
             shutdown: None,
             scratch: Vec::new(),
             paused: Vec::new(),
+            send_ring: None,
+            ring_audience: Vec::new(),
             cork_watch: CorkWatch::default(),
             events: Events::with_capacity(1024),
             next_event: 0,
@@ -121,6 +129,13 @@ impl Worker {
 
     /// Run on a thread of its own until stopped.
     pub fn run(mut self) {
+        // Made here, on the worker's own thread, never on a host's: the kernel interrupts a
+        // thread's blocking calls (EINTR) to clean up rings it submitted to, so a host
+        // thread that touched one could see a read fail when a server is freed. For the
+        // same reason an inline worker, run by host threads, has no ring.
+        if self.ctx.shared.opts.io_uring {
+            self.send_ring = SendRing::new();
+        }
         while !self.turn(None) {}
         self.finish();
     }
@@ -657,12 +672,23 @@ impl Worker {
         }
     }
 
-    /// Send a run of shared frames to its audience, encoded once for everyone.
+    /// Send a run of shared frames to its audience, encoded once for everyone. Connections
+    /// that take the run as it is, at once, are written together through the send ring.
     fn fan_out(&mut self, run: FanOut) {
         let joined = run.joined();
         let mut caches = vec![Vec::new(); run.frames.len()];
-        let mut send = |slot: &mut Slot, ctx: &mut Ctx| {
-            slot.state.core_mut().send_shared_run(
+        let batched = self.send_ring.is_some();
+        let messages = run.frames.len() as u64;
+        self.ring_audience.clear();
+        let mut send = |k: usize, slot: &mut Slot, ctx: &mut Ctx| {
+            let core = slot.state.core_mut();
+            if batched && core.takes_shared_write(ctx) {
+                if core.begin_shared_write(joined.len(), messages, ctx) {
+                    self.ring_audience.push((k, slot.stream.as_raw_fd()));
+                }
+                return;
+            }
+            core.send_shared_run(
                 &run.frames,
                 &joined,
                 &mut caches,
@@ -675,19 +701,35 @@ impl Worker {
                 self.scratch.clear();
                 self.scratch
                     .extend_from_slice(self.ctx.topics.members(topic));
-                for i in 0..self.scratch.len() {
-                    if let Some(slot) = self.conns.get_mut(self.scratch[i].slot()) {
-                        send(slot, &mut self.ctx);
+                for id in &self.scratch {
+                    if let Some(slot) = self.conns.get_mut(id.slot()) {
+                        send(id.slot(), slot, &mut self.ctx);
                     }
                 }
             }
             None => {
-                for (_, slot) in self.conns.iter_mut() {
+                for (k, slot) in self.conns.iter_mut() {
                     if slot.state.core().is_open() {
-                        send(slot, &mut self.ctx);
+                        send(k, slot, &mut self.ctx);
                     }
                 }
             }
+        }
+        let Some(ring) = self.send_ring.as_mut() else {
+            return;
+        };
+        let (conns, ctx) = (&mut self.conns, &mut self.ctx);
+        ctx.stats
+            .batched_writes
+            .fetch_add(self.ring_audience.len() as u64, Ordering::Relaxed);
+        ring.send_to_all(&joined, &self.ring_audience, |k, written| {
+            conns[k]
+                .state
+                .core_mut()
+                .end_shared_write(&joined, written, ctx);
+        });
+        if !ring.usable() {
+            self.send_ring = None;
         }
     }
 

@@ -395,10 +395,17 @@ impl Handler for Burst {
 /// in between stays between, and the counters count messages, not writes.
 #[test]
 fn a_burst_of_publishes_arrives_whole_and_in_order() {
+    for io_uring in ["on", "off"] {
+        a_burst_of_publishes_arrives_whole_and_in_order_with(io_uring);
+    }
+}
+
+fn a_burst_of_publishes_arrives_whole_and_in_order_with(io_uring: &str) {
     let burst = Burst {
         direct_to: std::sync::Mutex::new(None),
     };
-    let server = Server::start(options(&[("workers", "1")]), burst).unwrap();
+    let o = options(&[("workers", "1"), ("io_uring", io_uring)]);
+    let server = Server::start(o, burst).unwrap();
     let addr = server.local_addr();
     let mut subs: Vec<_> = (0..4).map(|_| client(addr, "/sub")).collect();
     for ws in &mut subs {
@@ -428,11 +435,31 @@ fn a_burst_of_publishes_arrives_whole_and_in_order() {
     }
     let published = sent.iter().filter(|t| t.starts_with("p:")).count() as u64;
     let direct = sent.len() as u64 - published;
+    let stats = server.handle().stats();
     assert_eq!(
-        server.handle().stats().messages_out,
+        stats.messages_out,
         4 + 4 * published + direct,
         "4 joined, each publish to 4 subscribers, the direct messages"
     );
+    assert_write_path(io_uring, &stats);
+}
+
+/// The fan-out writes went through io_uring exactly when the option and the kernel allow it.
+/// CI machines allow it, so there the io_uring path is never skipped unnoticed.
+fn assert_write_path(io_uring: &str, stats: &wsrt::Stats) {
+    let usable = wsrt::os::io_uring_usable();
+    assert!(
+        usable || std::env::var_os("CI").is_none(),
+        "io_uring is refused on this CI machine: its fan-out path would go untested"
+    );
+    if io_uring == "on" && usable {
+        assert!(
+            stats.batched_writes > 0,
+            "io_uring on, but no batched write"
+        );
+    } else {
+        assert_eq!(stats.batched_writes, 0, "io_uring {io_uring}");
+    }
 }
 
 /// Bursts to a subscriber that does not read: the coalesced writes fill its socket, the rest
@@ -440,10 +467,20 @@ fn a_burst_of_publishes_arrives_whole_and_in_order() {
 /// message whole and in order, while a subscriber that reads got them all meanwhile.
 #[test]
 fn bursts_to_a_subscriber_that_does_not_read_are_queued_whole_and_in_order() {
+    for io_uring in ["on", "off"] {
+        bursts_to_a_subscriber_that_does_not_read_with(io_uring);
+    }
+}
+
+fn bursts_to_a_subscriber_that_does_not_read_with(io_uring: &str) {
     let burst = Burst {
         direct_to: std::sync::Mutex::new(None),
     };
-    let o = options(&[("workers", "1"), ("max_backpressure", "64MiB")]);
+    let o = options(&[
+        ("workers", "1"),
+        ("max_backpressure", "64MiB"),
+        ("io_uring", io_uring),
+    ]);
     let server = Server::start(o, burst).unwrap();
     let addr = server.local_addr();
     let mut subs: Vec<_> = (0..2).map(|_| client(addr, "/sub")).collect();
@@ -487,4 +524,5 @@ fn bursts_to_a_subscriber_that_does_not_read_are_queued_whole_and_in_order() {
     let stats = server.handle().stats();
     assert_eq!(stats.messages_out, 2 + 2 * N as u64);
     assert_eq!(stats.backpressure_dropped, 0);
+    assert_write_path(io_uring, &stats);
 }

@@ -147,6 +147,9 @@ pub struct wsrt_stats {
     pub protocol_errors: u64,
     /// Refused handshakes, all reasons (see `wsrt_stats_rejected` for one reason).
     pub rejected: u64,
+    /// Fan-out writes to idle connections made through io_uring, in batches (0 where the
+    /// `io_uring` option is off or the kernel refuses io_uring).
+    pub batched_writes: u64,
 }
 
 /// Callback mode: function pointers called on worker threads. NULL members are skipped.
@@ -653,6 +656,7 @@ pub unsafe extern "C" fn wsrt_server_stats(
             backpressure_dropped: st.backpressure_dropped,
             protocol_errors: st.protocol_errors,
             rejected: st.rejected.iter().map(|(_, n)| n).sum(),
+            batched_writes: st.batched_writes,
         };
         // SAFETY: non-NULL per the check, valid per the contract.
         unsafe { out.write(stats) };
