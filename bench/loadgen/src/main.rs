@@ -306,11 +306,18 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads everything available into `rbuf`. Ok(false) = EOF.
+    /// Reads everything available into `rbuf`. Ok(false) = EOF. A read that doesn't fill
+    /// `scratch` emptied the socket: data arriving after it raises a new edge-triggered
+    /// event, so no second read (one more syscall per message, the generator's ceiling in
+    /// the one-in-flight workloads) is needed to see `WouldBlock`.
     fn read_all(&mut self, scratch: &mut [u8]) -> io::Result<bool> {
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(false),
+                Ok(n) if n < scratch.len() => {
+                    self.rbuf.extend_from_slice(&scratch[..n]);
+                    return Ok(true);
+                }
                 Ok(n) => self.rbuf.extend_from_slice(&scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -32,8 +32,17 @@ fn main() {
             "--mode" => pubsub = v == "pubsub",
             "--listen" => opts.set("listen", &v).unwrap(),
             "--workers" => opts.set("workers", &v).unwrap(),
+            "--set" => {
+                let (name, value) = v.split_once('=').unwrap_or((&v, ""));
+                if let Err(e) = opts.set(name, value) {
+                    eprintln!("wsrt-echo: {e}");
+                    std::process::exit(2);
+                }
+            }
             _ => {
-                eprintln!("usage: wsrt-echo [--listen IP:PORT] [--workers N] [--mode echo|pubsub]");
+                eprintln!(
+                    "usage: wsrt-echo [--listen IP:PORT] [--workers N] [--mode echo|pubsub] [--set NAME=VALUE]..."
+                );
                 std::process::exit(2);
             }
         }
