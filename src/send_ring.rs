@@ -206,3 +206,88 @@ impl SendRing {
         false
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    fn send(ring: &mut SendRing, buf: &[u8], to: &[&UnixStream]) -> Vec<io::Result<usize>> {
+        let buf: Arc<[u8]> = Arc::from(buf);
+        let to: Vec<_> = to
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.as_raw_fd()))
+            .collect();
+        let mut results: Vec<Option<io::Result<usize>>> = (0..to.len()).map(|_| None).collect();
+        ring.send_to_all(&buf, &to, |tag, r| {
+            assert!(
+                results[tag].replace(r).is_none(),
+                "tag {tag} reported twice"
+            );
+        });
+        results
+            .into_iter()
+            .map(|r| r.expect("a send was never reported"))
+            .collect()
+    }
+
+    /// More sockets than the ring holds (several submits), each reported once with all of
+    /// the buffer, which arrives intact.
+    #[test]
+    fn a_buffer_reaches_more_sockets_than_the_ring_holds() {
+        let Some(mut ring) = SendRing::new() else {
+            eprintln!("io_uring is unavailable here: nothing to test");
+            return;
+        };
+        crate::os::raise_fd_limit().unwrap();
+        let pairs: Vec<_> = (0..ENTRIES as usize * 2 + 100).map(|_| pair()).collect();
+        let to: Vec<_> = pairs.iter().map(|(a, _)| a).collect();
+        let results = send(&mut ring, b"hello, subscriber", &to);
+        assert!(results.iter().all(|r| matches!(r, Ok(17))), "{results:?}");
+        for (_, mut b) in pairs {
+            let mut got = [0u8; 17];
+            b.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"hello, subscriber");
+        }
+        assert!(ring.usable());
+    }
+
+    /// What a loop of non-blocking sends would see: a partial write, WouldBlock from a
+    /// full socket, EPIPE from one whose peer is gone (and no SIGPIPE).
+    #[test]
+    fn each_send_reports_what_the_socket_took() {
+        let Some(mut ring) = SendRing::new() else {
+            eprintln!("io_uring is unavailable here: nothing to test");
+            return;
+        };
+        let (fresh, _fresh_peer) = pair();
+        let (full, _full_peer) = pair();
+        while (&full).write(&[0u8; 4096]).is_ok() {}
+        let (orphan, orphan_peer) = pair();
+        drop(orphan_peer);
+        let big = vec![7u8; 16 << 20];
+        let results = send(&mut ring, &big, &[&fresh, &full, &orphan]);
+        assert!(
+            matches!(results[0], Ok(n) if n > 0 && n < big.len()),
+            "{:?}",
+            results[0]
+        );
+        assert_eq!(
+            results[1].as_ref().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(
+            results[2].as_ref().unwrap_err().raw_os_error(),
+            Some(libc::EPIPE)
+        );
+        assert!(ring.usable());
+    }
+}
