@@ -1281,16 +1281,11 @@ impl Core {
         if ctx.cork_slot == Some(self.id.slot()) && !ctx.cork.is_empty() {
             let mut written = 0;
             if self.out.is_empty() {
-                while written < ctx.cork.len() {
-                    match w.write(&ctx.cork[written..]) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => written += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            ctx.cork.clear();
-                            return Err(e);
-                        }
+                match write_some(w, &ctx.cork) {
+                    Ok(n) => written = n,
+                    Err(e) => {
+                        ctx.cork.clear();
+                        return Err(e);
                     }
                 }
             }
@@ -1338,12 +1333,13 @@ impl Core {
 }
 
 /// Write as much of `buf` as the socket takes now: the bytes taken (a full socket stops the
-/// write, not an error), or the error that ended it.
+/// write, not an error), or the error that ended it (`WriteZero` if it took nothing, as
+/// `OutQueue::flush` reports).
 fn write_some(w: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < buf.len() {
         match w.write(&buf[written..]) {
-            Ok(0) => break,
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

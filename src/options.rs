@@ -56,13 +56,13 @@ pub struct Options {
     pub max_queued_events: usize,
     pub forwarded_header: ForwardedHeader,
     pub compression: bool,
-    /// Fan-out writes batched through io_uring where the kernel allows it.
-    pub io_uring: bool,
     pub compression_level: u32,
     pub compression_window_bits: u8,
     /// (server, client)
     pub compression_no_context_takeover: (bool, bool),
     pub compression_threshold: usize,
+    /// Fan-out writes batched through io_uring where the kernel allows it.
+    pub io_uring: bool,
 }
 
 /// A rejected option: names the option and says what it accepts.
@@ -562,11 +562,11 @@ impl Default for Options {
             max_queued_events: 0,
             forwarded_header: ForwardedHeader::Auto,
             compression: false,
-            io_uring: true,
             compression_level: 0,
             compression_window_bits: 15,
             compression_no_context_takeover: (false, false),
             compression_threshold: 0,
+            io_uring: true,
         };
         for spec in OPTIONS {
             (spec.set)(&mut o, spec.default).expect("option table default must parse");
